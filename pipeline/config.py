@@ -1,0 +1,223 @@
+"""The run's configuration: YAML validated into typed pydantic models, one section per stage.
+
+Defaults live here, not in the stages. An unknown key, a wrong type or a bad value is an
+`InputError` naming the file, the key path and what was expected. `--set a.b=value` overrides
+any key before validation; the value is parsed as YAML (so `--set sft.lr=1e-4` is a float).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import InputError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSection(Section):
+    seed: int = Field(0, description="Seed for every stage's RNGs (data order, init, sampling).")
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="torch intra-op threads per process. Keep 1 when several processes share the cores: "
+        "two threads per process on 2 shared cores made training 3-10x slower in a trial.",
+    )
+
+
+class LoraSection(Section):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | str | None = Field(
+        None, description="Module names to adapt, or 'all-linear'; null takes peft's default for the architecture."
+    )
+
+
+TINY_GPT2 = {
+    "model_type": "gpt2",
+    "n_layer": 4,
+    "n_embd": 128,
+    "n_head": 4,
+    "n_positions": 128,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+}
+
+
+class ModelSection(Section):
+    name_or_path: str | None = Field(
+        None,
+        description="Local directory of a pretrained HF causal LM (nothing downloads). "
+        "null: build the tiny model from `init` and pretrain it on the tiny world's corpus.",
+    )
+    tokenizer: str | None = Field(None, description="Local tokenizer directory; null: the model's own.")
+    init: dict[str, Any] = Field(
+        default_factory=lambda: dict(TINY_GPT2),
+        description="transformers config kwargs (with model_type) of the model built when name_or_path is null.",
+    )
+    lora: LoraSection | None = Field(None, description="Train LoRA adapters through peft instead of all weights.")
+
+
+class WorldSection(Section):
+    seed: int = Field(0, description="Seed of the tiny world: splits, demonstrations and corpus.")
+    heldout_families: list[str] = Field(["length", "last"], description="Task families never trained on.")
+    heldout_instance_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Instances of each family held out.")
+    demo_accuracy: float = Field(0.65, ge=0.0, le=1.0, description="How often the demonstrator is right.")
+    verbose_rate: float = Field(0.7, ge=0.0, le=1.0, description="How often a demonstration has a verbose prefix.")
+    period_rate: float = Field(0.2, ge=0.0, le=1.0, description="How often a demonstration ends with a period.")
+    demonstrations: int = Field(4000, ge=1, description="SFT demonstrations drawn from the demonstrator.")
+    corpus_docs: int = Field(12000, ge=1, description="Documents in the pretraining corpus.")
+    eval_per_family: int = Field(40, ge=1, description="Held-out evaluation prompts per task family.")
+
+
+class DatasetSource(Section):
+    path: str = Field(description="A .jsonl/.json/.parquet file or a directory saved with datasets' save_to_disk.")
+    format: Literal["auto", "prompt_completion", "messages", "text"] = Field(
+        "auto", description="Record format; auto detects it from the columns."
+    )
+    text_field: str = Field("text", description="Column holding plain text (format 'text').")
+    split: str | None = Field(None, description="Split to take from a saved DatasetDict.")
+
+
+class DataSection(Section):
+    sft: DatasetSource | None = Field(None, description="SFT demonstrations; null: the tiny world's demonstrator.")
+    pretrain: DatasetSource | None = Field(
+        None, description="Pretraining text (pretrain stage, SFT mix); null: the tiny world's corpus."
+    )
+
+
+class TrainSection(Section):
+    epochs: float = Field(1.0, gt=0.0, description="Passes over the stage's data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Optimizer steps; -1: set by epochs.")
+    batch_size: int = Field(16, ge=1, description="Sequences per worker per micro-step.")
+    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    lr: float = Field(1e-3, gt=0.0, description="Peak learning rate.")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Cosine decay floor as a fraction of lr (InstructGPT: 0.1).")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps of linear warmup.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    adam_beta2: float = Field(0.95, gt=0.0, lt=1.0, description="Adam beta2 (InstructGPT: 0.95).")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+    max_length: int = Field(128, ge=8, description="Tokens per training sequence (longer ones are truncated).")
+    checkpoint_every: int = Field(100, ge=1, description="Optimizer steps between resumable checkpoints.")
+    log_every: int = Field(10, ge=1, description="Optimizer steps between metrics records.")
+
+
+class PretrainSection(TrainSection):
+    pass
+
+
+class SFTSection(TrainSection):
+    pretrain_mix: float = Field(
+        0.0,
+        ge=0.0,
+        description="Pretraining sequences mixed in per demonstration, trained with the LM loss "
+        "(InstructGPT's PPO-init SFT mixed 10%; a tiny model forgets its pretraining without it).",
+    )
+
+
+class DeepSpeedSection(Section):
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO-Offload).")
+    offload_param: bool = Field(False, description="Keep parameters in CPU memory (ZeRO-3 only).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision.")
+
+    @model_validator(mode="after")
+    def _offload_param_needs_zero3(self) -> DeepSpeedSection:
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError(
+                f"offload_param needs zero_stage 3, got zero_stage {self.zero_stage}; "
+                "set deepspeed.zero_stage=3 or deepspeed.offload_param=false"
+            )
+        return self
+
+
+class RaySection(Section):
+    address: str | None = Field(None, description="Ray cluster or job server address; null: a local Ray for the run.")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks) per training stage.")
+    use_gpu: bool = Field(False, description="Give each worker a GPU (nccl); false: CPU workers (gloo).")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1.0}, description="Ray resources each worker reserves."
+    )
+    max_failures: int = Field(0, ge=-1, description="Worker-group restarts from the latest checkpoint (-1: unlimited).")
+
+
+class Config(Section):
+    run: RunSection = Field(default_factory=RunSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    world: WorldSection = Field(default_factory=WorldSection)
+    data: DataSection = Field(default_factory=DataSection)
+    pretrain: PretrainSection = Field(default_factory=PretrainSection)
+    sft: SFTSection = Field(default_factory=SFTSection)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    ray: RaySection = Field(default_factory=RaySection)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    return f"{key}: {error['msg']} (got {error['input']!r})"
+
+
+def _expected_keys(error: dict[str, Any]) -> str:
+    """For an unknown key, the keys its section does accept."""
+    section: type[BaseModel] = Config
+    for part in error["loc"][:-1]:
+        annotation = section.model_fields[str(part)].annotation
+        section = next((a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if section is None:
+            return ""
+    return f"; expected one of: {', '.join(section.model_fields)}"
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `key.path=value` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise InputError(f"--set {assignment!r}: expected key.path=value")
+    path, value = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    node = raw
+    for i, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise InputError(f"--set {assignment!r}: {'.'.join(keys[: i + 1])} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(value)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Read, override and validate a config file (the embedded tiny default when path is None)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"config file {path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise InputError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        hint = _expected_keys(first) if first["type"] == "extra_forbidden" else ""
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise InputError(f"config file {path}: {_describe(first)}{hint}{more}") from None
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,68 @@
+"""The stage graph: each stage by name, the stages whose outputs it reads, and the config keys that
+decide its outputs. A stage's fingerprint hashes those keys and its inputs' fingerprints, so a config
+change reruns the stage and everything downstream of it, and nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+from pipeline.config import Config
+
+# Keys that change every training stage's result; addresses, thread counts and restart budgets do not.
+_COMMON_KEYS = ("run.seed", "deepspeed", "ray.num_workers")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    inputs: tuple[str, ...]
+    config_keys: tuple[str, ...]
+    enabled: Callable[[Config], bool] = lambda config: True
+
+
+STAGES: tuple[Stage, ...] = (
+    # pretrain builds the tiny world's base model; a real base model (model.name_or_path) skips it
+    Stage("pretrain", (), ("model", "world", "data.pretrain", "pretrain"), lambda c: c.model.name_or_path is None),
+    Stage("sft", ("pretrain",), ("model", "world", "data", "sft")),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+
+def stage(name: str) -> Stage:
+    for candidate in STAGES:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(name)
+
+
+def enabled_stages(config: Config) -> list[Stage]:
+    return [s for s in STAGES if s.enabled(config)]
+
+
+def inputs_of(name: str, config: Config) -> list[str]:
+    """The enabled stages whose outputs `name` reads."""
+    enabled = {s.name for s in enabled_stages(config)}
+    return [i for i in stage(name).inputs if i in enabled]
+
+
+def _value(config: Config, dotted: str):
+    node = config.model_dump(mode="json")
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def fingerprints(config: Config) -> dict[str, str]:
+    """Fingerprint of every enabled stage, in graph order."""
+    result: dict[str, str] = {}
+    for s in enabled_stages(config):
+        payload = {
+            "stage": s.name,
+            "config": {key: _value(config, key) for key in _COMMON_KEYS + s.config_keys},
+            "inputs": {i: result[i] for i in inputs_of(s.name, config)},
+        }
+        result[s.name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return result

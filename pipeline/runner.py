@@ -1,0 +1,112 @@
+"""`rlhf run`: the stage graph on a local Ray started for the run.
+
+Each stage runs as its own process, `python -m stages.<name> --config DIR/config.yaml --run-dir DIR`,
+exactly what a Ray job runs, attached to the run's Ray cluster through RAY_ADDRESS. Its output goes
+to the terminal and to DIR/<stage>/stage.log.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import Config, dump_config, load_config
+from pipeline.errors import EXIT_BAD_INPUT, InputError
+from pipeline.files import atomic_write_text
+from pipeline.graph import STAGE_NAMES, enabled_stages, fingerprints, inputs_of
+from pipeline.run_dir import DONE, RunDir
+
+
+def select_stages(config: Config, requested: str | None) -> list[str]:
+    enabled = [s.name for s in enabled_stages(config)]
+    if not requested:
+        return enabled
+    names = [n.strip() for n in requested.split(",") if n.strip()]
+    for name in names:
+        if name not in STAGE_NAMES:
+            raise InputError(f"--stages: unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
+        if name not in enabled:
+            raise InputError(f"--stages: stage {name} is disabled by this config")
+    return [n for n in enabled if n in names]
+
+
+def prepare_run_dir(run_dir: RunDir, config: Config, resume: bool) -> Path:
+    """Write the resolved config; refuse to overwrite another run's directory without --resume."""
+    resolved = dump_config(config)
+    if run_dir.manifest_path.exists() and not resume:
+        raise InputError(
+            f"run directory {run_dir.root} already holds a run; pass --resume to continue it, or choose another --run-dir"
+        )
+    atomic_write_text(run_dir.config_path, resolved)
+    return run_dir.config_path
+
+
+def start_local_ray(config: Config) -> str:
+    """Start the run's local Ray cluster; returns its address for the stage processes."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    cpus = max(os.cpu_count() or 1, int(config.ray.num_workers * config.ray.resources_per_worker.get("CPU", 1.0) + 0.999))
+    context = ray.init(address="local", num_cpus=cpus, log_to_driver=False)
+    return context.address_info["gcs_address"]
+
+
+def run_stage_process(stage: str, config_path: Path, run_dir: RunDir, ray_address: str) -> int:
+    """Run one stage as a child process, teeing its output to DIR/<stage>/stage.log."""
+    log_path = run_dir.stage_dir(stage) / "stage.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", f"stages.{stage}", "--config", str(config_path), "--run-dir", str(run_dir.root)]
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "a") as log, subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1
+    ) as process:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        return process.wait()
+
+
+def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: str | None, overrides: list[str]) -> None:
+    config = load_config(config_path, overrides)
+    run = RunDir(run_dir)
+    selected = select_stages(config, stages)
+    prints = fingerprints(config)
+    for name in selected:
+        for needed in inputs_of(name, config):
+            if needed not in selected and not run.is_done(needed, prints[needed]):
+                raise InputError(f"--stages {stages}: stage {name} needs {needed}, which is not done with this config")
+    resolved_path = prepare_run_dir(run, config, resume)
+    to_run = [n for n in selected if not (resume and run.is_done(n, prints[n]))]
+    for name in selected:
+        if name not in to_run:
+            print(f"[rlhf] {name}: done with this config, skipped")
+    ray_address = start_local_ray(config) if to_run else ""
+    for index, name in enumerate(to_run, start=1):
+        print(f"[rlhf] stage {index}/{len(to_run)}: {name}", flush=True)
+        started = time.time()
+        code = run_stage_process(name, resolved_path, run, ray_address)
+        if code != 0:
+            print(f"[rlhf] stage {name} failed (exit {code}); see {run.stage_dir(name) / 'stage.log'}", file=sys.stderr)
+            sys.exit(code if code == EXIT_BAD_INPUT else 1)
+        print(f"[rlhf] {name}: done in {time.time() - started:.0f} s", flush=True)
+    print_summary(run, selected)
+
+
+def print_summary(run: RunDir, stages: list[str]) -> None:
+    manifest = run.read_manifest()["stages"]
+    print(f"\n[rlhf] run directory: {run.root}")
+    for name in stages:
+        record = manifest.get(name, {})
+        if record.get("status") != DONE:
+            continue
+        for output, path in record.get("outputs", {}).items():
+            print(f"  {name:<9} {output:<8} {run.root / path}")
+    sft = manifest.get("sft", {}).get("metrics", {})
+    if "heldout_exact_match" in sft:
+        print(
+            f"  held-out exact match (tiny world): base {sft['base/heldout_exact_match']:.3f} -> "
+            f"SFT {sft['heldout_exact_match']:.3f}"
+        )

@@ -1,0 +1,62 @@
+"""Generation and the tiny world's held-out metrics, shared by the stages that report them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.config import WorldSection
+from stages.data import make_world
+from tiny_world import Example, exact_match, true_score
+
+MAX_NEW_TOKENS = 32
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW_TOKENS, do_sample: bool = False,
+             batch_size: int = 64) -> list[str]:
+    """Responses to `prompts`, cut at EOS and at the first newline (answers are one line)."""
+    tokenizer.padding_side = "left"
+    model.eval()
+    responses = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+        output = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        responses.extend(text.split("\n", 1)[0].strip() for text in texts)
+    return responses
+
+
+def heldout_report(model_dir: str | Path, world_section: WorldSection, tokenizer_dir: str | Path | None = None) -> dict[str, float]:
+    """Greedy held-out exact match and true score of a model on the tiny world: over held-out
+    instances of the training families (the headline), per family, and over held-out families."""
+    from transformers import AutoModelForCausalLM
+
+    from stages.modeling import load_tokenizer
+
+    world = make_world(world_section)
+    examples: list[Example] = world.heldout_examples(world_section.eval_per_family)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
+    responses = generate(model, load_tokenizer(tokenizer_dir or model_dir), [e.prompt for e in examples])
+    by_family: dict[str, list[tuple[bool, float]]] = {}
+    for example, response in zip(examples, responses):
+        by_family.setdefault(example.task.family, []).append((exact_match(example.task, response), true_score(example.task, response)))
+
+    def mean(families, index):
+        values = [pair[index] for f in families for pair in by_family[f]]
+        return sum(values) / len(values) if values else float("nan")
+
+    report = {
+        "heldout_exact_match": mean(world.train_families, 0),
+        "heldout_true_score": mean(world.train_families, 1),
+        "heldout_family_exact_match": mean(world.heldout_families, 0),
+    }
+    report.update({f"exact_match/{family}": mean([family], 0) for family in by_family})
+    return report

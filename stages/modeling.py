@@ -1,0 +1,99 @@
+"""Builders for tokenizers and models: the tiny world's char-level tokenizer and GPT-style model,
+and loading real ones from local directories (nothing downloads: local_files_only everywhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from pipeline.config import LoraSection, ModelSection
+from pipeline.errors import InputError
+
+# Renders messages as the tiny world's "Q: ...\nA: ..." format, so conversational data and
+# prompt/completion data mean the same thing to the tiny model.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}Q: {{ message['content'] }}\n"
+    "{% elif message['role'] == 'assistant' %}A: {{ message['content'] }}{{ eos_token }}\n"
+    "{% else %}{{ message['content'] }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}A: {% endif %}"
+)
+
+
+def train_char_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer trained with the `tokenizers` library on `texts`."""
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<unk>"]))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+
+
+def build_model(init: dict, tokenizer: PreTrainedTokenizerFast):
+    """A randomly initialised causal LM from transformers config kwargs (with model_type)."""
+    kwargs = dict(init)
+    model_type = kwargs.pop("model_type", None)
+    if model_type is None:
+        raise InputError("model.init: missing model_type (e.g. gpt2 or llama)")
+    try:
+        config = AutoConfig.for_model(
+            model_type,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **kwargs,
+        )
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"model.init: {exc}") from None
+    return AutoModelForCausalLM.from_config(config)
+
+
+def check_model_dir(path: str | Path, key: str) -> Path:
+    """A local model directory that exists and holds a config.json, or an InputError naming `key`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{key}: model directory {path} does not exist (nothing is downloaded: give a local path)")
+    if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        raise InputError(f"{key}: {path} has no config.json; expected a model saved with save_pretrained")
+    return path
+
+
+def load_tokenizer(path: str | Path, key: str = "model.tokenizer", padding_side: str = "right"):
+    """A local tokenizer that has a pad token (an InputError otherwise: guessing one hides bugs)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{key}: cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        raise InputError(
+            f"{key}: the tokenizer at {path} has no pad token; add one (e.g. tokenizer.pad_token = tokenizer.eos_token, "
+            "then save_pretrained) so padded batches are masked correctly"
+        )
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def tokenizer_path(model: ModelSection, model_dir: str | Path) -> Path:
+    return Path(model.tokenizer) if model.tokenizer else Path(model_dir)
+
+
+def peft_config(lora: LoraSection, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=task_type,
+    )

@@ -1,0 +1,61 @@
+"""The stages' one contact with Ray: run a training loop on `ray.num_workers` Ray Train workers.
+
+Inside a Ray job (RAY_ADDRESS set by the job server) the stage joins that cluster; otherwise it
+starts a local Ray for itself. A failed worker group restarts up to `ray.max_failures` times, and the
+loop resumes from the stage's latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.config import RaySection
+
+
+def ensure_ray(ray_config: RaySection) -> None:
+    import ray
+
+    # Ray Train patches print() in its workers, which defeats dill's stdout capture and floods the
+    # log with disassembly whenever `datasets` fingerprints a function.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    cpus_needed = ray_config.num_workers * ray_config.resources_per_worker.get("CPU", 1.0)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)), log_to_driver=True)
+
+
+def run_on_workers(
+    ray_config: RaySection, loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], name: str, storage: Path
+) -> None:
+    """Run `loop(loop_config)` on every worker of a data-parallel group, and wait for it."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    ensure_ray(ray_config)
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=ray_config.num_workers,
+            use_gpu=ray_config.use_gpu,
+            resources_per_worker=ray_config.resources_per_worker,
+        ),
+        torch_config=TorchConfig(backend="nccl" if ray_config.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage.resolve()),
+            failure_config=FailureConfig(max_failures=ray_config.max_failures),
+        ),
+    )
+    trainer.fit()
+
+
+def world_rank() -> int:
+    from ray import train
+
+    return train.get_context().get_world_rank()

@@ -1,0 +1,76 @@
+"""Stage `sft`: supervised fine-tuning on demonstrations (InstructGPT section 3.5, App. C.1, C.3).
+
+Reads:  DIR/pretrain/model, or model.name_or_path (a local pretrained model); data.sft (a local
+        dataset in TRL's formats) or the tiny world's demonstrator; data.pretrain or the tiny
+        world's corpus for the pretraining mix.
+Writes: DIR/sft/model (HF format; with model.lora also DIR/sft/adapter), DIR/sft/checkpoints,
+        metrics.jsonl, tensorboard/, and in the manifest the held-out exact match of the base
+        model and of the SFT model (tiny world).
+Loss on completion tokens only, plus the LM loss on `sft.pretrain_mix` pretraining documents per
+demonstration (the paper's PPO-initialisation SFT mixed in 10% pretraining data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.graph import inputs_of
+from pipeline.run_dir import RunDir
+from stages.data import mix_pretraining, pretraining_text, sft_dataset
+from stages.entry import StageResult, run_stage
+from stages.evaluation import heldout_report
+from stages.lm_training import LMJob, train_lm
+from stages.modeling import check_model_dir, load_tokenizer, tokenizer_path
+
+STAGE = "sft"
+
+
+def base_model_dir(config: Config, run_dir: RunDir) -> Path:
+    if "pretrain" in inputs_of(STAGE, config):
+        return run_dir.model_dir("pretrain")
+    return check_model_dir(config.model.name_or_path, "model.name_or_path")
+
+
+def sft(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
+    # 1. the base model and its tokenizer, checked before Ray starts
+    base = base_model_dir(config, run_dir)
+    tokenizer_dir = tokenizer_path(config.model, base)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    # 2. data: demonstrations as prompt/completion, plus the pretraining mix
+    dataset = sft_dataset(config.data.sft, config.world, tokenizer)
+    if config.sft.pretrain_mix > 0:
+        dataset = mix_pretraining(dataset, pretraining_text(config.data.pretrain, config.world), config.sft.pretrain_mix)
+    # 3. train on the Ray workers, 4. save DIR/sft/model
+    job = LMJob(
+        stage=STAGE,
+        run_dir=str(run_dir.root),
+        init_model=str(base),
+        tokenizer=str(tokenizer_dir),
+        dataset=dataset,
+        train=config.sft,
+        deepspeed=config.deepspeed,
+        lora=config.model.lora,
+        seed=config.run.seed,
+        torch_threads=config.run.torch_threads,
+        use_gpu=config.ray.use_gpu,
+        packing=False,
+    )
+    model_dir = train_lm(job, config.ray)
+    outputs = {"model": str(model_dir.relative_to(run_dir.root))}
+    if config.model.lora:
+        outputs["adapter"] = str((run_dir.stage_dir(STAGE) / "adapter").relative_to(run_dir.root))
+    # 5. held-out exact match of the base and the SFT model, on the tiny world's tasks
+    metrics = {}
+    if config.data.sft is None:
+        metrics = heldout_report(model_dir, config.world)
+        metrics["base/heldout_exact_match"] = heldout_report(base, config.world, tokenizer_dir)["heldout_exact_match"]
+    return StageResult(outputs=outputs, metrics=metrics)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage(STAGE, sft, argv)
+
+
+if __name__ == "__main__":
+    main()

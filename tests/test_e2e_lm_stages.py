@@ -1,0 +1,155 @@
+"""End to end: pretrain and SFT on real Ray Train workers (2, gloo) with real DeepSpeed engines.
+
+Each `rlhf run` or `python -m stages.X` below starts its own local Ray and stops it when it exits.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pipeline.files import read_jsonl
+from stages.evaluation import generate
+from stages.modeling import load_tokenizer
+from tiny_world import TinyWorld
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+# Small but real: enough steps for SFT to learn the answer format, few enough for CI.
+QUICK = [
+    "world.corpus_docs=4000",
+    "world.demonstrations=2000",
+    "pretrain.max_steps=90",
+    "pretrain.checkpoint_every=45",
+    "sft.max_steps=60",
+    "sft.checkpoint_every=30",
+]
+
+
+def run(args, env=None, check=True):
+    result = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def zero3_run(tmp_path_factory):
+    """`rlhf run` (pretrain -> sft) with 2 Ray Train workers under ZeRO-3."""
+    run_dir = tmp_path_factory.mktemp("zero3") / "run"
+    result = run(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--set", "deepspeed.zero_stage=3", *sum((["--set", s] for s in QUICK), [])])
+    return run_dir, result.stdout
+
+
+def test_zero3_sft_model_loads_generates_and_beats_base(zero3_run):
+    run_dir, stdout = zero3_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert manifest["pretrain"]["status"] == manifest["sft"]["status"] == "done"
+    model_dir = run_dir / "sft" / "model"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    tokenizer = load_tokenizer(model_dir)
+    [response] = generate(model, tokenizer, [TinyWorld().heldout_examples(1)[0].prompt])
+    assert isinstance(response, str) and response
+    sft = manifest["sft"]["metrics"]
+    assert sft["heldout_exact_match"] > sft["base/heldout_exact_match"] + 0.05
+    assert "held-out exact match (tiny world): base" in stdout and str(model_dir) in stdout
+
+
+def test_stage_outputs_follow_the_run_directory_contract(zero3_run):
+    run_dir, _ = zero3_run
+    for stage in ("pretrain", "sft"):
+        checkpoints = run_dir / stage / "checkpoints"
+        latest = (checkpoints / "latest").read_text().strip()
+        assert (checkpoints / latest / "trainer_state.json").exists()
+        records = read_jsonl(run_dir / stage / "metrics.jsonl")
+        assert records and all("step" in r for r in records) and any("train/loss" in r for r in records)
+        assert list((run_dir / stage / "tensorboard").glob("events.out.tfevents.*"))
+        assert (run_dir / stage / "stage.log").stat().st_size > 0
+    assert (run_dir / "config.yaml").exists()
+
+
+def test_resume_of_a_finished_run_reruns_nothing_and_status_shows_it(zero3_run):
+    run_dir, _ = zero3_run
+    before = (run_dir / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
+    again = run(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--resume", "--set", "deepspeed.zero_stage=3", *sum((["--set", s] for s in QUICK), [])])
+    assert "pretrain: done with this config, skipped" in again.stdout and "sft: done with this config, skipped" in again.stdout
+    assert (run_dir / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == before
+    refused = run(["-m", "pipeline", "run", "--run-dir", str(run_dir)], check=False)
+    assert refused.returncode == 2 and "already holds a run; pass --resume" in refused.stderr
+    status = run(["-m", "pipeline", "status", str(run_dir)]).stdout
+    assert status.splitlines()[0].split() == ["stage", "state", "fingerprint", "job", "id", "duration", "headline"]
+    assert "sft" in status and "done" in status and "heldout_exact_match" in status
+
+
+def test_lora_sft_on_local_files_survives_a_killed_worker(zero3_run, tmp_path):
+    """A 'real' base model from a local directory, conversational JSONL data, LoRA through peft,
+    and rank 0 killed at step 20: Ray restarts the group, which resumes from checkpoint 15."""
+    base = zero3_run[0] / "pretrain" / "model"
+    data = tmp_path / "demos.jsonl"
+    with open(data, "w") as f:
+        for example, response in TinyWorld(seed=1).demonstrations(300):
+            messages = [{"role": "user", "content": example.instruction}, {"role": "assistant", "content": response}]
+            f.write(json.dumps({"messages": messages}) + "\n")
+    run_dir = tmp_path / "lora"
+    overrides = [
+        f"model.name_or_path={base}",
+        f"data.sft.path={data}",
+        "model.lora.r=4",
+        "sft.max_steps=30",
+        "sft.checkpoint_every=15",
+        "sft.lr=5e-3",
+        "ray.max_failures=1",
+    ]
+    run(["-m", "stages.sft", "--run-dir", str(run_dir), *sum((["--set", s] for s in overrides), [])], env={"RLHF_FAULT_AT_STEP": "20"})
+    assert (run_dir / "sft" / "fault_injected").exists()
+    steps = [r["step"] for r in read_jsonl(run_dir / "sft" / "metrics.jsonl") if "train/loss" in r]
+    assert steps == sorted(steps) and steps[-1] == 30  # resumed records replaced, not duplicated
+    manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert list(manifest) == ["sft"] and manifest["sft"]["status"] == "done"
+
+    from peft import AutoPeftModelForCausalLM
+
+    adapter = AutoPeftModelForCausalLM.from_pretrained(run_dir / "sft" / "adapter", local_files_only=True)
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "sft" / "model", local_files_only=True)
+    base_model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+    ids = load_tokenizer(run_dir / "sft" / "model")(["Q: Add 3 and 4.\nA: "], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        merged_logits, adapter_logits, base_logits = (m(ids).logits for m in (merged, adapter, base_model))
+    assert torch.allclose(merged_logits, adapter_logits, atol=1e-4)
+    assert not torch.allclose(merged_logits, base_logits, atol=1e-3)  # the adapters learned something
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["model.name_or_path=/nonexistent/model"], "error: model.name_or_path: model directory /nonexistent/model does not exist"),
+        (["model.name_or_path={base}", "data.sft.path=/nonexistent/d.jsonl"], "error: data.sft.path: /nonexistent/d.jsonl does not exist"),
+        (["model.name_or_path={base}", "model.tokenizer={nopad}"], "has no pad token"),
+    ],
+)
+def test_bad_inputs_exit_2_before_training_and_nothing_is_marked_done(zero3_run, tmp_path, overrides, expected):
+    base = zero3_run[0] / "pretrain" / "model"
+    tokenizer = load_tokenizer(base)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path / "nopad")
+    overrides = [o.format(base=base, nopad=tmp_path / "nopad") for o in overrides]
+    run_dir = tmp_path / "bad"
+    result = run(["-m", "stages.sft", "--run-dir", str(run_dir), *sum((["--set", s] for s in overrides), [])], check=False)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
+    assert json.loads((run_dir / "manifest.json").read_text())["stages"]["sft"]["status"] == "failed"
+    assert not (run_dir / "sft" / "model").exists()
+
+
+def test_sft_needs_its_inputs_done(tmp_path):
+    result = run(["-m", "stages.sft", "--run-dir", str(tmp_path / "empty")], check=False)
+    assert result.returncode == 2
+    assert "stage sft needs stage pretrain done with this config" in result.stderr

@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/rlhf run --run-dir $(RUN_DIR)
+	$(VENV)/bin/rlhf run --run-dir $(RUN_DIR) --resume
 
 test: setup
 	$(PY) -m pytest -q

@@ -40,6 +40,10 @@ class RunDir:
     def metrics_path(self, stage: str) -> Path:
         return self.root / stage / "metrics.jsonl"
 
+    def log_path(self, stage: str) -> Path:
+        """The stage process's output (outside DIR/<stage>, which a fresh stage run clears)."""
+        return self.root / "logs" / f"{stage}.log"
+
     def tensorboard_dir(self, stage: str) -> Path:
         return self.root / stage / "tensorboard"
 

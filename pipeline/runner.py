@@ -2,7 +2,7 @@
 
 Each stage runs as its own process, `python -m stages.<name> --config DIR/config.yaml --run-dir DIR`,
 exactly what a Ray job runs, attached to the run's Ray cluster through RAY_ADDRESS. Its output goes
-to the terminal and to DIR/<stage>/stage.log.
+to the terminal and to DIR/logs/<stage>.log.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def start_local_ray(config: Config) -> str:
 
 
 def run_stage_process(stage: str, config_path: Path, run_dir: RunDir, ray_address: str) -> int:
-    """Run one stage as a child process, teeing its output to DIR/<stage>/stage.log."""
-    log_path = run_dir.stage_dir(stage) / "stage.log"
+    """Run one stage as a child process, teeing its output to DIR/logs/<stage>.log."""
+    log_path = run_dir.log_path(stage)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", f"stages.{stage}", "--config", str(config_path), "--run-dir", str(run_dir.root)]
     env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONUNBUFFERED": "1"}
@@ -89,7 +89,7 @@ def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: st
         started = time.time()
         code = run_stage_process(name, resolved_path, run, ray_address)
         if code != 0:
-            print(f"[rlhf] stage {name} failed (exit {code}); see {run.stage_dir(name) / 'stage.log'}", file=sys.stderr)
+            print(f"[rlhf] stage {name} failed (exit {code}); see {run.log_path(name)}", file=sys.stderr)
             sys.exit(code if code == EXIT_BAD_INPUT else 1)
         print(f"[rlhf] {name}: done in {time.time() - started:.0f} s", flush=True)
     print_summary(run, selected)

@@ -25,10 +25,10 @@ pytestmark = pytest.mark.slow
 QUICK = [
     "world.corpus_docs=4000",
     "world.demonstrations=2000",
-    "pretrain.max_steps=90",
-    "pretrain.checkpoint_every=45",
-    "sft.max_steps=60",
-    "sft.checkpoint_every=30",
+    "pretrain.max_steps=150",
+    "pretrain.checkpoint_every=75",
+    "sft.max_steps=150",
+    "sft.checkpoint_every=75",
 ]
 
 
@@ -72,7 +72,7 @@ def test_stage_outputs_follow_the_run_directory_contract(zero3_run):
         records = read_jsonl(run_dir / stage / "metrics.jsonl")
         assert records and all("step" in r for r in records) and any("train/loss" in r for r in records)
         assert list((run_dir / stage / "tensorboard").glob("events.out.tfevents.*"))
-        assert (run_dir / stage / "stage.log").stat().st_size > 0
+        assert "train_runtime" in (run_dir / "logs" / f"{stage}.log").read_text()  # the workers' output
     assert (run_dir / "config.yaml").exists()
 
 

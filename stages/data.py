@@ -12,6 +12,7 @@ in as completions with an empty prompt (LM loss on all of it).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
@@ -53,9 +54,8 @@ def _required_fields(source: DatasetSource, columns: list[str], where: str, allo
     raise InputError(f"{where}: records have fields {sorted(columns)}; expected {expected}")
 
 
-def _check_jsonl(path: Path, source: DatasetSource, allowed: tuple[str, ...]) -> None:
-    """Line-by-line check, so a bad record is reported with its line number."""
-    required = None
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each non-blank line; a line that is not a JSON object is an InputError."""
     with open(path) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -66,18 +66,25 @@ def _check_jsonl(path: Path, source: DatasetSource, allowed: tuple[str, ...]) ->
                 raise InputError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
             if not isinstance(record, dict):
                 raise InputError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
-            if required is None:
-                required = _required_fields(source, list(record), f"{path} line {number}", allowed)
-            for field in required:
-                if record.get(field) in (None, "", []):
-                    raise InputError(f"{path} line {number}: missing field {field!r} (expected {'/'.join(required)})")
+            yield number, record
+
+
+def _check_jsonl(path: Path, source: DatasetSource, allowed: tuple[str, ...]) -> None:
+    """Line-by-line check, so a bad record is reported with its line number."""
+    required = None
+    for number, record in read_jsonl(path):
+        if required is None:
+            required = _required_fields(source, list(record), f"{path} line {number}", allowed)
+        for field in required:
+            if record.get(field) in (None, "", []):
+                raise InputError(f"{path} line {number}: missing field {field!r} (expected {'/'.join(required)})")
     if required is None:
         raise InputError(f"{path}: no records")
 
 
-def load_records(source: DatasetSource, key: str, allowed: tuple[str, ...]) -> tuple[Dataset, tuple[str, ...]]:
-    """Load a local dataset and check that every record has the fields of one allowed format."""
-    path = Path(source.path)
+def open_dataset(path: Path, key: str, split: str | None = None) -> Dataset:
+    """A local dataset: a save_to_disk directory (`split` of a DatasetDict, default train), or a
+    JSONL/JSON or Parquet file. Errors name `key`, the config key the path came from."""
     if not path.exists():
         raise InputError(f"{key}.path: {path} does not exist")
     if path.is_dir():
@@ -86,19 +93,24 @@ def load_records(source: DatasetSource, key: str, allowed: tuple[str, ...]) -> t
         except FileNotFoundError:
             raise InputError(f"{key}.path: {path} is not a dataset saved with save_to_disk") from None
         if isinstance(loaded, DatasetDict):
-            split = source.split or ("train" if "train" in loaded else None)
+            split = split or ("train" if "train" in loaded else None)
             if split not in loaded:
                 raise InputError(f"{key}.split: {path} has splits {sorted(loaded)}; set {key}.split to one of them")
             loaded = loaded[split]
-        dataset = loaded
-    elif path.suffix in (".jsonl", ".json"):
-        if path.suffix == ".jsonl":
-            _check_jsonl(path, source, allowed)
-        dataset = load_dataset("json", data_files=str(path), split="train")
-    elif path.suffix == ".parquet":
-        dataset = load_dataset("parquet", data_files=str(path), split="train")
-    else:
-        raise InputError(f"{key}.path: {path}: expected a .jsonl, .json or .parquet file or a save_to_disk directory")
+        return loaded
+    if path.suffix in (".jsonl", ".json"):
+        return load_dataset("json", data_files=str(path), split="train")
+    if path.suffix == ".parquet":
+        return load_dataset("parquet", data_files=str(path), split="train")
+    raise InputError(f"{key}.path: {path}: expected a .jsonl, .json or .parquet file or a save_to_disk directory")
+
+
+def load_records(source: DatasetSource, key: str, allowed: tuple[str, ...]) -> tuple[Dataset, tuple[str, ...]]:
+    """Load a local dataset and check that every record has the fields of one allowed format."""
+    path = Path(source.path)
+    if path.is_file() and path.suffix == ".jsonl":
+        _check_jsonl(path, source, allowed)
+    dataset = open_dataset(path, key, source.split)
     required = _required_fields(source, dataset.column_names, str(path), allowed)
     for row, record in enumerate(dataset.select_columns(list(required))):
         for field in required:
@@ -107,10 +119,11 @@ def load_records(source: DatasetSource, key: str, allowed: tuple[str, ...]) -> t
     return dataset, required
 
 
-def _render_conversation(tokenizer, context: list[dict], reply: list[dict], where: str) -> tuple[str, str]:
+def render_conversation(tokenizer, context: list[dict], reply: list[dict], where: str) -> tuple[str, str]:
     """Split a rendered conversation into the prompt (up to the assistant's turn) and the reply."""
-    if not tokenizer.chat_template:
-        raise InputError(f"{where}: conversational records need a tokenizer with a chat template; this one has none")
+    if tokenizer is None or not tokenizer.chat_template:
+        given = "none was given" if tokenizer is None else "this one has none"
+        raise InputError(f"{where}: conversational records need a tokenizer with a chat template; {given}")
     prompt = tokenizer.apply_chat_template(context, add_generation_prompt=True, tokenize=False)
     full = tokenizer.apply_chat_template(context + reply, tokenize=False)
     if not full.startswith(prompt):
@@ -131,9 +144,9 @@ def sft_dataset_from_file(source: DatasetSource, tokenizer) -> Dataset:
             messages = record["messages"]
             if messages[-1].get("role") != "assistant":
                 raise InputError(f"{where}: the last message must be the assistant's reply")
-            prompt, completion = _render_conversation(tokenizer, messages[:-1], messages[-1:], where)
+            prompt, completion = render_conversation(tokenizer, messages[:-1], messages[-1:], where)
         elif isinstance(record["prompt"], list):
-            prompt, completion = _render_conversation(tokenizer, record["prompt"], record["completion"], where)
+            prompt, completion = render_conversation(tokenizer, record["prompt"], record["completion"], where)
         else:
             prompt, completion = record["prompt"], record["completion"]
         return {"prompt": prompt, "completion": completion}

@@ -18,7 +18,8 @@ PENDING, RUNNING, AWAITING_LABELS, DONE, FAILED = "pending", "running", "awaitin
 
 class RunDir:
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        # absolute, because Ray workers run in directories of their own
+        self.root = Path(root).resolve()
 
     @property
     def manifest_path(self) -> Path:

@@ -17,6 +17,7 @@ from pipeline.config import Config, dump_config, load_config
 from pipeline.errors import EXIT_BAD_INPUT, InputError
 from pipeline.files import atomic_write_text
 from pipeline.graph import STAGE_NAMES, enabled_stages, fingerprints, inputs_of
+from pipeline.ray_env import set_worker_env
 from pipeline.run_dir import DONE, RunDir
 
 
@@ -48,7 +49,7 @@ def start_local_ray(config: Config) -> str:
     """Start the run's local Ray cluster; returns its address for the stage processes."""
     import ray
 
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    set_worker_env()
     cpus = max(os.cpu_count() or 1, int(config.ray.num_workers * config.ray.resources_per_worker.get("CPU", 1.0) + 0.999))
     context = ray.init(address="local", num_cpus=cpus, log_to_driver=False)
     return context.address_info["gcs_address"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.errors import InputError
 from pipeline.run_dir import RunDir
 
-HEADLINE = {"pretrain": "heldout_exact_match", "sft": "heldout_exact_match"}
+HEADLINE = {"pretrain": "final_loss", "sft": "heldout_exact_match"}
 
 
 def status_rows(run_dir: str) -> list[dict[str, str]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from pipeline.config import DeepSpeedSection, LoraSection, RaySection, TrainSection
+from pipeline.config import Config, LoraSection, TrainSection
 from pipeline.files import append_jsonl
 from pipeline.run_dir import RunDir
 from stages.checkpointing import latest_checkpoint, mark_latest, publish_dir, truncate_metrics
@@ -39,23 +39,20 @@ class LMJob:
     """Everything a worker needs; pickled to the Ray Train workers."""
 
     stage: str
+    config: Config  # run.seed, run.torch_threads, deepspeed and ray apply to every stage
     run_dir: str
     init_model: str
     tokenizer: str
     dataset: Dataset
-    train: TrainSection
-    deepspeed: DeepSpeedSection
+    train: TrainSection  # the stage's own section
     lora: LoraSection | None
-    seed: int
-    torch_threads: int
-    use_gpu: bool
     packing: bool  # pretraining: pack plain text into max_length windows
 
 
-def train_lm(job: LMJob, ray_config: RaySection) -> Path:
+def train_lm(job: LMJob) -> Path:
     """Train on the Ray workers; returns the final model directory."""
     run_dir = RunDir(job.run_dir)
-    run_on_workers(ray_config, _worker, {"job": job}, name=job.stage, storage=run_dir.stage_dir(job.stage) / "ray")
+    run_on_workers(job.config.ray, _worker, {"job": job}, name=job.stage, storage=run_dir.stage_dir(job.stage) / "ray")
     return run_dir.model_dir(job.stage)
 
 
@@ -68,7 +65,8 @@ def _worker(loop_config: dict) -> None:
     from stages.ray_train import world_rank
 
     job: LMJob = loop_config["job"]
-    torch.set_num_threads(job.torch_threads)
+    config = job.config
+    torch.set_num_threads(config.run.torch_threads)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     run_dir = RunDir(job.run_dir)
     checkpoints = run_dir.checkpoints_dir(job.stage)
@@ -111,12 +109,12 @@ def _worker(loop_config: dict) -> None:
         logging_steps=train.log_every,
         save_steps=train.checkpoint_every,
         save_total_limit=2,
-        seed=job.seed,
+        seed=config.run.seed,
         report_to=["tensorboard"],
-        deepspeed=deepspeed_config(job.deepspeed),
-        use_cpu=not job.use_gpu,
-        bf16=job.deepspeed.precision == "bf16",
-        fp16=job.deepspeed.precision == "fp16",
+        deepspeed=deepspeed_config(config.deepspeed),
+        use_cpu=not config.ray.use_gpu,
+        bf16=config.deepspeed.precision == "bf16",
+        fp16=config.deepspeed.precision == "fp16",
         max_length=train.max_length,
         packing=job.packing,
         packing_strategy="wrapped",

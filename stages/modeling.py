@@ -65,7 +65,7 @@ def check_model_dir(path: str | Path, key: str) -> Path:
         raise InputError(f"{key}: model directory {path} does not exist (nothing is downloaded: give a local path)")
     if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         raise InputError(f"{key}: {path} has no config.json; expected a model saved with save_pretrained")
-    return path
+    return path.resolve()  # absolute, because Ray workers run in directories of their own
 
 
 def load_tokenizer(path: str | Path, key: str = "model.tokenizer", padding_side: str = "right"):
@@ -84,7 +84,7 @@ def load_tokenizer(path: str | Path, key: str = "model.tokenizer", padding_side:
 
 
 def tokenizer_path(model: ModelSection, model_dir: str | Path) -> Path:
-    return Path(model.tokenizer) if model.tokenizer else Path(model_dir)
+    return Path(model.tokenizer).resolve() if model.tokenizer else Path(model_dir).resolve()
 
 
 def peft_config(lora: LoraSection, task_type: str = "CAUSAL_LM"):

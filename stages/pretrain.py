@@ -8,11 +8,13 @@ Skipped by the pipeline when model.name_or_path names a pretrained base model.
 
 from __future__ import annotations
 
+from transformers import set_seed
+
 from pipeline.config import Config
+from pipeline.files import read_jsonl
 from pipeline.run_dir import RunDir
 from stages.data import make_world, pretraining_text
 from stages.entry import StageResult, run_stage
-from stages.evaluation import heldout_report
 from stages.lm_training import LMJob, train_lm
 from stages.modeling import build_model, train_char_tokenizer
 
@@ -28,27 +30,25 @@ def pretrain(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
         #    starts from the same ones
         world = make_world(config.world)
         tokenizer = train_char_tokenizer([world.alphabet(), *corpus["text"]])
+        set_seed(config.run.seed)
         model = build_model(config.model.init, tokenizer)
         model.save_pretrained(str(init_dir))
         tokenizer.save_pretrained(str(init_dir))
     # 3. train on the Ray workers, 4. save DIR/pretrain/model
     job = LMJob(
         stage=STAGE,
+        config=config,
         run_dir=str(run_dir.root),
         init_model=str(init_dir),
         tokenizer=str(init_dir),
         dataset=corpus,
         train=config.pretrain,
-        deepspeed=config.deepspeed,
         lora=None,
-        seed=config.run.seed,
-        torch_threads=config.run.torch_threads,
-        use_gpu=config.ray.use_gpu,
         packing=True,
     )
-    model_dir = train_lm(job, config.ray)
-    metrics = heldout_report(model_dir, config.world) if config.data.sft is None else {}
-    return StageResult(outputs={"model": str(model_dir.relative_to(run_dir.root))}, metrics=metrics)
+    model_dir = train_lm(job)
+    losses = [r["train/loss"] for r in read_jsonl(run_dir.metrics_path(STAGE)) if "train/loss" in r]
+    return StageResult(outputs={"model": str(model_dir.relative_to(run_dir.root))}, metrics={"final_loss": losses[-1]})
 
 
 def main(argv: list[str] | None = None) -> None:

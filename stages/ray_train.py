@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.config import RaySection
+from pipeline.ray_env import set_worker_env
 
 
 def ensure_ray(ray_config: RaySection) -> None:
     import ray
 
-    # Ray Train patches print() in its workers, which defeats dill's stdout capture and floods the
-    # log with disassembly whenever `datasets` fingerprints a function.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    set_worker_env()
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):

@@ -44,19 +44,16 @@ def sft(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     # 3. train on the Ray workers, 4. save DIR/sft/model
     job = LMJob(
         stage=STAGE,
+        config=config,
         run_dir=str(run_dir.root),
         init_model=str(base),
         tokenizer=str(tokenizer_dir),
         dataset=dataset,
         train=config.sft,
-        deepspeed=config.deepspeed,
         lora=config.model.lora,
-        seed=config.run.seed,
-        torch_threads=config.run.torch_threads,
-        use_gpu=config.ray.use_gpu,
         packing=False,
     )
-    model_dir = train_lm(job, config.ray)
+    model_dir = train_lm(job)
     outputs = {"model": str(model_dir.relative_to(run_dir.root))}
     if config.model.lora:
         outputs["adapter"] = str((run_dir.stage_dir(STAGE) / "adapter").relative_to(run_dir.root))

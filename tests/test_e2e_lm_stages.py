@@ -99,8 +99,8 @@ def test_lora_sft_on_local_files_survives_a_killed_worker(zero3_run, tmp_path):
             messages = [{"role": "user", "content": example.instruction}, {"role": "assistant", "content": response}]
             f.write(json.dumps({"messages": messages}) + "\n")
     run_dir = tmp_path / "lora"
-    overrides = [
-        f"model.name_or_path={base}",
+    overrides = [  # relative paths, as users type them: the Ray workers run elsewhere
+        f"model.name_or_path={os.path.relpath(base, REPO)}",
         f"data.sft.path={data}",
         "model.lora.r=4",
         "sft.max_steps=30",
@@ -108,7 +108,8 @@ def test_lora_sft_on_local_files_survives_a_killed_worker(zero3_run, tmp_path):
         "sft.lr=5e-3",
         "ray.max_failures=1",
     ]
-    run(["-m", "stages.sft", "--run-dir", str(run_dir), *sum((["--set", s] for s in overrides), [])], env={"RLHF_FAULT_AT_STEP": "20"})
+    run_args = ["-m", "stages.sft", "--run-dir", os.path.relpath(run_dir, REPO), *sum((["--set", s] for s in overrides), [])]
+    run(run_args, env={"RLHF_FAULT_AT_STEP": "20"})
     assert (run_dir / "sft" / "fault_injected").exists()
     steps = [r["step"] for r in read_jsonl(run_dir / "sft" / "metrics.jsonl") if "train/loss" in r]
     assert steps == sorted(steps) and steps[-1] == 30  # resumed records replaced, not duplicated

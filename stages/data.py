@@ -54,7 +54,7 @@ def _required_fields(source: DatasetSource, columns: list[str], where: str, allo
     raise InputError(f"{where}: records have fields {sorted(columns)}; expected {expected}")
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+def numbered_jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, record) for each non-blank line; a line that is not a JSON object is an InputError."""
     with open(path) as f:
         for number, line in enumerate(f, start=1):
@@ -72,7 +72,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 def _check_jsonl(path: Path, source: DatasetSource, allowed: tuple[str, ...]) -> None:
     """Line-by-line check, so a bad record is reported with its line number."""
     required = None
-    for number, record in read_jsonl(path):
+    for number, record in numbered_jsonl_records(path):
         if required is None:
             required = _required_fields(source, list(record), f"{path} line {number}", allowed)
         for field in required:

@@ -48,7 +48,8 @@ def pretrain(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     )
     model_dir = train_lm(job)
     losses = [r["train/loss"] for r in read_jsonl(run_dir.metrics_path(STAGE)) if "train/loss" in r]
-    return StageResult(outputs={"model": str(model_dir.relative_to(run_dir.root))}, metrics={"final_loss": losses[-1]})
+    metrics = {"final_loss": losses[-1]} if losses else {}  # none when max_steps < log_every
+    return StageResult(outputs={"model": str(model_dir.relative_to(run_dir.root))}, metrics=metrics)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError
-from stages.data import open_dataset, read_jsonl, render_conversation
+from stages.data import numbered_jsonl_records, open_dataset, render_conversation
 
 EXPECTED = "expected K-way prompt/candidates/ranking, pairwise prompt/chosen/rejected, or chosen/rejected"
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -58,7 +58,7 @@ def _json_records(path: Path) -> Iterator[tuple[str, dict]]:
     try:
         loaded = json.loads(path.read_text())
     except json.JSONDecodeError:
-        for number, record in read_jsonl(path):
+        for number, record in numbered_jsonl_records(path):
             yield f"{path} line {number}", record
         return
     for index, record in enumerate(loaded if isinstance(loaded, list) else [loaded]):
@@ -73,7 +73,7 @@ def _records(path: Path, key: str, split: str | None) -> Iterator[tuple[str, dic
     JSON files are parsed here rather than through Arrow, which would force one schema on records
     of mixed formats and on per-candidate dicts such as flags and likert."""
     if path.is_file() and path.suffix == ".jsonl":
-        for number, record in read_jsonl(path):
+        for number, record in numbered_jsonl_records(path):
             yield f"{path} line {number}", record
     elif path.is_file() and path.suffix == ".json":
         yield from _json_records(path)

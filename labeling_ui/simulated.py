@@ -1,8 +1,10 @@
 """Simulated annotators for the tiny world: they rank K candidates as a human labeler would, by the
 world's hidden preference (the true score) blurred by each annotator's own noise.
 
-The noise is tuned so that two annotators agree on about 73% of the pairs they both order, as
-InstructGPT's labelers did (72.6%). Identical responses are ties: one tier.
+Agreement depends on the candidates as much as on the noise (near-identical candidates are a coin
+flip to any labeler), so the noise is calibrated on the candidates at hand (`calibrate_noise`) until
+two annotators agree on about as many pairs as InstructGPT's labelers did (72.6%). Identical
+responses are ties: one tier.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from tiny_world import Task, true_score
 # Gaussian noise on the true score (0 to 1.5) that gives ~73% pairwise inter-annotator agreement
 # on candidates sampled from the demonstrator (tests/test_simulated_annotators.py measures it).
 DEFAULT_NOISE = 0.38
+INSTRUCTGPT_AGREEMENT = 0.726
 
 
 class SimulatedAnnotator:
@@ -52,3 +55,27 @@ def pairwise_agreement(rankings_a: list[list[list[int]]], rankings_b: list[list[
             total += 1
             agree += orders_a[pair] == orders_b[pair]
     return agree / total if total else float("nan")
+
+
+def agreement_at(noise: float, ranked: list[tuple[Task, list[str]]], seed: int = 0) -> float:
+    """Pairwise agreement of two annotators with this noise on these (task, candidates) sets."""
+    a, b = SimulatedAnnotator("calibration-a", seed, noise), SimulatedAnnotator("calibration-b", seed, noise)
+    return pairwise_agreement([a.rank(t, c) for t, c in ranked], [b.rank(t, c) for t, c in ranked])
+
+
+def calibrate_noise(ranked: list[tuple[Task, list[str]]], target: float = INSTRUCTGPT_AGREEMENT, seed: int = 0,
+                    high: float = 4.0, iterations: int = 16) -> float:
+    """The noise at which two annotators agree on `target` of the pairs of these candidates, by bisection.
+
+    The same seeds at every noise level draw the same standard normals, so agreement falls with the
+    noise smoothly enough to bisect."""
+    if not 0.5 < target < 1.0:
+        raise ValueError(f"target agreement must be in (0.5, 1), got {target}")
+    low = 0.0
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        if agreement_at(middle, ranked, seed) > target:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2

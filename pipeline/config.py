@@ -82,7 +82,7 @@ class WorldSection(Section):
 
 class DatasetSource(Section):
     path: str = Field(description="A .jsonl/.json/.parquet file or a directory saved with datasets' save_to_disk.")
-    format: Literal["auto", "prompt_completion", "messages", "text"] = Field(
+    format: Literal["auto", "prompt_completion", "messages", "prompt", "text"] = Field(
         "auto", description="Record format; auto detects it from the columns."
     )
     text_field: str = Field("text", description="Column holding plain text (format 'text').")
@@ -93,6 +93,12 @@ class DataSection(Section):
     sft: DatasetSource | None = Field(None, description="SFT demonstrations; null: the tiny world's demonstrator.")
     pretrain: DatasetSource | None = Field(
         None, description="Pretraining text (pretrain stage, SFT mix); null: the tiny world's corpus."
+    )
+    rankings: DatasetSource | None = Field(
+        None,
+        description="Comparisons for the reward model: a K-way labeling export or pairwise records "
+        "(TRL prompt/chosen/rejected, Anthropic HH). null: the sample stage's candidates, ranked by "
+        "simulated annotators (tiny world).",
     )
 
 
@@ -123,6 +129,89 @@ class SFTSection(TrainSection):
         description="Pretraining sequences mixed in per demonstration, trained with the LM loss "
         "(InstructGPT's PPO-init SFT mixed 10%; a tiny model forgets its pretraining without it).",
     )
+
+
+class SampleSection(Section):
+    prompts: int = Field(1000, ge=1, description="Prompts to sample candidates for.")
+    k: int = Field(4, ge=2, le=9, description="Candidates per prompt (InstructGPT: 4 to 9).")
+    temperature: float = Field(1.0, gt=0.0, description="Sampling temperature.")
+    max_new_tokens: int = Field(32, ge=1, description="Longest candidate, in tokens.")
+    batch_size: int = Field(64, ge=1, description="Prompts per generate call.")
+    annotators: int = Field(5, ge=2, description="Simulated annotators; each prompt is ranked by one of them.")
+    annotator_agreement: float = Field(
+        0.726, gt=0.5, lt=1.0, description="Inter-annotator agreement the noise is calibrated to (InstructGPT: 0.726)."
+    )
+    annotator_noise: float | None = Field(
+        None, ge=0.0, description="Gaussian noise on the true score; null: calibrated to annotator_agreement."
+    )
+
+
+class RMSection(TrainSection):
+    model: str | None = Field(None, description="Local model directory to initialise from; null: the SFT model.")
+    lora: LoraSection | None = Field(None, description="Train LoRA adapters (and the score head) instead of all weights.")
+    heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Prompts held out for evaluation (never trained on).")
+    margin: float = Field(0.0, description="Margin in -log sigmoid(r_w - r_l - margin).")
+    normalise_on: int = Field(
+        512, ge=1, description="Demonstrations scored for the bias that gives them mean reward 0 (InstructGPT 3.5)."
+    )
+
+
+class PPOSection(Section):
+    # models: each defaults to the pipeline's output, or names a local directory (standalone use)
+    actor: str | None = Field(None, description="Policy to train (causal LM dir); null: DIR/sft/model.")
+    reference: str | None = Field(None, description="Frozen KL reference; null: the actor's starting weights.")
+    reward_model: str | None = Field(None, description="Frozen reward model (with reward_bias); null: DIR/rm/model.")
+    critic: str | None = Field(None, description="Value model to start from; null: the reward model (InstructGPT).")
+    reward: Literal["model", "oracle"] = Field(
+        "model", description="model: the reward model; oracle: the tiny world's true score (a control that cannot be gamed)."
+    )
+    # prompts and pretraining data
+    prompts: DatasetSource | None = Field(None, description="Prompt dataset on disk (a 'prompt' field); null: the tiny world's.")
+    prompt_pool: int = Field(4000, ge=1, description="Tiny-world prompts in the pool (a 'ppo' stream of the training families).")
+    validation_prompts: int = Field(128, ge=0, description="Prompts kept out of training, for choosing the checkpoint by RM score.")
+    # rollout
+    iterations: int = Field(30, ge=1, description="PPO iterations (rollout, score, learn).")
+    episodes_per_iteration: int = Field(64, ge=1, description="Episodes per iteration over all workers (InstructGPT: 512).")
+    minibatches: int = Field(2, ge=1, description="Minibatches per PPO epoch (InstructGPT: 8 of 64).")
+    ppo_epochs: int = Field(2, ge=1, description="Passes over each iteration's episodes (InstructGPT: 1).")
+    max_new_tokens: int = Field(32, ge=1, description="Longest response, in tokens.")
+    temperature: float = Field(1.0, gt=0.0, description="Rollout sampling temperature (InstructGPT: 1).")
+    fixed_length: bool = Field(False, description="Ignore EOS and generate max_new_tokens tokens (benchmarks).")
+    missing_eos_penalty: float | None = Field(
+        None, description="Subtracted from the score of a response cut at max_new_tokens without EOS; null: scored as is."
+    )
+    # reward shaping and advantages
+    kl_coef: float = Field(0.1, ge=0.0, description="beta, the per-token KL penalty (InstructGPT: 0.02).")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator.")
+    kl_controller: Literal["fixed", "adaptive"] = Field("fixed", description="Fixed beta, or Ziegler et al.'s adaptive controller.")
+    kl_target: float | None = Field(None, gt=0.0, description="Adaptive controller's target sequence KL (nats).")
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive controller's horizon, in episodes.")
+    score_clip: float | None = Field(None, gt=0.0, description="Clip scores to [-c, c] before shaping (DeepSpeed-Chat: 5).")
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="Discount (InstructGPT: 1).")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda.")
+    # update
+    clip_ratio: float = Field(0.2, gt=0.0, description="PPO clip epsilon.")
+    value_clip: float = Field(0.2, gt=0.0, description="Value-loss clip epsilon.")
+    actor_lr: float = Field(2e-5, gt=0.0, description="Actor peak learning rate (constant after warmup).")
+    critic_lr: float = Field(1e-4, gt=0.0, description="Critic peak learning rate.")
+    warmup_iterations: int = Field(10, ge=0, description="Linear warmup from 0.1 x peak, in iterations (InstructGPT: 10).")
+    adam_beta2: float = Field(0.95, gt=0.0, lt=1.0, description="Adam beta2.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm (actor and critic).")
+    ptx_coef: float = Field(1.0, ge=0.0, description="gamma of Eq. 2: weight of the pretraining LM loss (InstructGPT: 27.8; 0: plain PPO).")
+    ptx_ratio: float = Field(1.0, ge=0.0, description="Pretraining sequences per episode in each minibatch (InstructGPT: 8).")
+    ptx_max_length: int = Field(128, ge=8, description="Tokens per pretraining sequence.")
+    # budget, checkpoints, logging
+    max_kl: float | None = Field(
+        3.0, gt=0.0, description="KL budget: past this mean sequence KL to the reference, no later checkpoint is kept and training stops."
+    )
+    eval_every: int = Field(5, ge=1, description="Iterations between validation scores (and best-checkpoint decisions).")
+    checkpoint_every: int = Field(5, ge=1, description="Iterations between resumable checkpoints.")
+
+    @model_validator(mode="after")
+    def _adaptive_needs_target(self) -> PPOSection:
+        if self.kl_controller == "adaptive" and self.kl_target is None:
+            raise ValueError("kl_controller 'adaptive' needs kl_target (the sequence KL to steer to, e.g. 6.0)")
+        return self
 
 
 class DeepSpeedSection(Section):
@@ -158,6 +247,9 @@ class Config(Section):
     data: DataSection = Field(default_factory=DataSection)
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
     sft: SFTSection = Field(default_factory=SFTSection)
+    sample: SampleSection = Field(default_factory=SampleSection)
+    rm: RMSection = Field(default_factory=RMSection)
+    ppo: PPOSection = Field(default_factory=PPOSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     ray: RaySection = Field(default_factory=RaySection)
 

@@ -11,8 +11,10 @@ from typing import Callable
 
 from pipeline.config import Config
 
-# Keys that change every training stage's result; addresses, thread counts and restart budgets do not.
-_COMMON_KEYS = ("run.seed", "deepspeed", "ray.num_workers")
+# Keys that change every training stage's result (num_workers sets the global batch size). How the
+# work is placed does not: addresses, threads, restart budgets, ZeRO stage and offload, so a stage
+# can move to ZeRO-3 or offload when memory runs short without invalidating what came before.
+_COMMON_KEYS = ("run.seed", "deepspeed.precision", "ray.num_workers")
 
 
 @dataclass(frozen=True)
@@ -21,12 +23,17 @@ class Stage:
     inputs: tuple[str, ...]
     config_keys: tuple[str, ...]
     enabled: Callable[[Config], bool] = lambda config: True
+    # an input the config makes unnecessary (e.g. a model given as a path instead of the stage's output)
+    input_replaced: Callable[[Config, str], bool] = lambda config, name: False
 
 
 STAGES: tuple[Stage, ...] = (
     # pretrain builds the tiny world's base model; a real base model (model.name_or_path) skips it
     Stage("pretrain", (), ("model", "world", "data.pretrain", "pretrain"), lambda c: c.model.name_or_path is None),
-    Stage("sft", ("pretrain",), ("model", "world", "data", "sft")),
+    Stage("sft", ("pretrain",), ("model", "world", "data.sft", "data.pretrain", "sft")),
+    # sample draws K candidates per prompt from the SFT policy and has them ranked; a rankings file skips it
+    Stage("sample", ("sft",), ("world", "sample"), lambda c: c.data.rankings is None),
+    Stage("rm", ("sft", "sample"), ("world", "data.sft", "data.rankings", "rm")),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
@@ -45,7 +52,8 @@ def enabled_stages(config: Config) -> list[Stage]:
 def inputs_of(name: str, config: Config) -> list[str]:
     """The enabled stages whose outputs `name` reads."""
     enabled = {s.name for s in enabled_stages(config)}
-    return [i for i in stage(name).inputs if i in enabled]
+    this = stage(name)
+    return [i for i in this.inputs if i in enabled and not this.input_replaced(config, i)]
 
 
 def _value(config: Config, dotted: str):

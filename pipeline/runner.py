@@ -111,3 +111,12 @@ def print_summary(run: RunDir, stages: list[str]) -> None:
             f"  held-out exact match (tiny world): base {sft['base/heldout_exact_match']:.3f} -> "
             f"SFT {sft['heldout_exact_match']:.3f}"
         )
+    rm = manifest.get("rm", {}).get("metrics", {})
+    if "rm/heldout_accuracy" in rm:
+        line = f"  reward model held-out accuracy: {rm['rm/heldout_accuracy']:.3f} against the labels"
+        if "rm/true_order_accuracy" in rm:
+            line += (
+                f" (ceiling {rm['rm/heldout_ceiling_accuracy']:.3f}), "
+                f"{rm['rm/true_order_accuracy']:.3f} against the tiny world's true order"
+            )
+        print(line)

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pipeline.errors import InputError
 from pipeline.run_dir import RunDir
 
-HEADLINE = {"pretrain": "final_loss", "sft": "heldout_exact_match"}
+HEADLINE = {
+    "pretrain": "final_loss",
+    "sft": "heldout_exact_match",
+    "sample": "sample/annotator_agreement",
+    "rm": "rm/heldout_accuracy",
+}
 
 
 def status_rows(run_dir: str) -> list[dict[str, str]]:

@@ -22,6 +22,7 @@ from pipeline.errors import InputError
 from tiny_world import TinyWorld
 
 SFT_FORMATS = {"prompt_completion": ("prompt", "completion"), "messages": ("messages",)}
+PROMPT_FORMATS = {"prompt": ("prompt",)}
 
 
 def make_world(world: WorldSection) -> TinyWorld:
@@ -40,7 +41,8 @@ def make_world(world: WorldSection) -> TinyWorld:
 
 def _required_fields(source: DatasetSource, columns: list[str], where: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     """The fields a record needs, from the configured format or detected from `columns`."""
-    formats = {name: SFT_FORMATS[name] for name in allowed if name in SFT_FORMATS}
+    known = {**SFT_FORMATS, **PROMPT_FORMATS}
+    formats = {name: known[name] for name in allowed if name in known}
     if "text" in allowed:
         formats["text"] = (source.text_field,)
     if source.format != "auto":
@@ -152,6 +154,19 @@ def sft_dataset_from_file(source: DatasetSource, tokenizer) -> Dataset:
         return {"prompt": prompt, "completion": completion}
 
     return dataset.map(normalise, with_indices=True, remove_columns=dataset.column_names)
+
+
+def prompts_from_file(source: DatasetSource, tokenizer, key: str) -> list[str]:
+    """Prompts (a `prompt` field, a string or a list of messages rendered for the assistant's turn)."""
+    dataset, _ = load_records(source, key, allowed=("prompt",))
+    prompts = []
+    for index, prompt in enumerate(dataset["prompt"]):
+        if isinstance(prompt, list):
+            if tokenizer is None or not tokenizer.chat_template:
+                raise InputError(f"{source.path} record {index}: conversational prompts need a tokenizer with a chat template")
+            prompt = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        prompts.append(prompt)
+    return prompts
 
 
 def text_dataset_from_file(source: DatasetSource) -> Dataset:

@@ -28,3 +28,20 @@ def deepspeed_config(section: DeepSpeedSection) -> dict[str, Any]:
         "bf16": {"enabled": section.precision == "bf16"},
         "fp16": {"enabled": section.precision == "fp16"},
     }
+
+
+
+def engine_config(section: DeepSpeedSection, micro_batch_size: int, max_grad_norm: float = 0.0) -> dict[str, Any]:
+    """The same config with concrete values, for engines built directly with deepspeed.initialize:
+    PPO's actor and critic, and under ZeRO-3 its frozen reference and reward model, which are
+    sharded like the actor (they get no optimizer)."""
+    config = deepspeed_config(section)
+    config.update(
+        train_micro_batch_size_per_gpu=micro_batch_size,
+        gradient_accumulation_steps=1,
+        gradient_clipping=max_grad_norm,
+        zero_allow_untested_optimizer=True,  # torch's AdamW, as HF's Trainer passes it
+    )
+    if section.offload_optimizer:
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config

@@ -15,8 +15,9 @@ MAX_NEW_TOKENS = 32
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW_TOKENS, do_sample: bool = False,
-             batch_size: int = 64) -> list[str]:
-    """Responses to `prompts`, cut at EOS and at the first newline (answers are one line)."""
+             batch_size: int = 64, temperature: float = 1.0) -> list[str]:
+    """Responses to `prompts` (greedy, or sampled at `temperature`), cut at EOS and at the first
+    newline (answers are one line)."""
     tokenizer.padding_side = "left"
     model.eval()
     responses = []
@@ -26,6 +27,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW
             **batch,
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
+            temperature=temperature if do_sample else None,
+            top_k=0 if do_sample else None,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
@@ -59,4 +62,45 @@ def heldout_report(model_dir: str | Path, world_section: WorldSection, tokenizer
         "heldout_family_exact_match": mean(world.heldout_families, 0),
     }
     report.update({f"exact_match/{family}": mean([family], 0) for family in by_family})
+    return report
+
+
+@torch.no_grad()
+def policy_report(model_dir: str | Path, reference_dir: str | Path, world_section: WorldSection, seed: int = 0,
+                  corpus_docs: int = 256) -> dict[str, float]:
+    """What RLHF did to a policy, on the tiny world's held-out prompts (never trained on):
+    greedy exact match and true score (heldout_report), sampled true score, the sequence KL to the
+    reference on sampled responses, and the LM loss on held-out pretraining text (the alignment tax
+    that the ptx term should remove) of the policy and of the reference."""
+    from transformers import AutoModelForCausalLM
+
+    from stages.modeling import load_tokenizer
+    from stages.policy import lm_loss, response_logits, token_logprobs
+    from stages.rollout import HFRollout
+
+    world = make_world(world_section)
+    examples = [e for e in world.heldout_examples(world_section.eval_per_family) if e.task.family in world.train_families]
+    tokenizer = load_tokenizer(model_dir)
+    policy = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True).eval()
+    reference = AutoModelForCausalLM.from_pretrained(str(reference_dir), local_files_only=True).eval()
+    report = heldout_report(model_dir, world_section)
+
+    torch.manual_seed(seed)
+    batch = HFRollout(policy, tokenizer, MAX_NEW_TOKENS).generate([e.prompt for e in examples])
+    T = batch.response_mask.shape[1]
+    responses = torch.where(batch.response_mask, batch.sequences[:, batch.prompt_length :], tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    sampled = [true_score(e.task, t.split("\n", 1)[0].strip()) for e, t in zip(examples, texts)]
+    ref_logprobs = token_logprobs(response_logits(reference, batch.sequences, batch.attention_mask, T), responses)
+    kl = torch.where(batch.response_mask, batch.logprobs - ref_logprobs, 0.0).sum(-1)
+
+    tokenizer.padding_side = "right"
+    corpus = world.corpus(corpus_docs, split="heldout")
+    encoded = [tokenizer(corpus[i : i + 64], return_tensors="pt", padding=True, truncation=True, max_length=128) for i in range(0, len(corpus), 64)]
+    report.update({
+        "heldout_sampled_true_score": sum(sampled) / len(sampled),
+        "heldout_kl_to_reference": kl.mean().item(),
+        "pretrain_heldout_lm_loss": sum(lm_loss(policy, **e).item() for e in encoded) / len(encoded),
+        "reference/pretrain_heldout_lm_loss": sum(lm_loss(reference, **e).item() for e in encoded) / len(encoded),
+    })
     return report

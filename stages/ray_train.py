@@ -1,4 +1,5 @@
-"""The stages' one contact with Ray: run a training loop on `ray.num_workers` Ray Train workers.
+"""The stages' one contact with Ray: run a training loop on `ray.num_workers` Ray Train workers, or
+shards of work that needs no gradients (sampling) as plain Ray tasks.
 
 Inside a Ray job (RAY_ADDRESS set by the job server) the stage joins that cluster; otherwise it
 starts a local Ray for itself. A failed worker group restarts up to `ray.max_failures` times, and the
@@ -52,6 +53,20 @@ def run_on_workers(
         ),
     )
     trainer.fit()
+
+
+def map_on_workers(ray_config: RaySection, fn: Callable[..., Any], shards: list[Any], **kwargs: Any) -> list[Any]:
+    """`[fn(shard, **kwargs) for shard in shards]`, one Ray task per shard, each reserving a worker's
+    resources; results in shard order."""
+    import ray
+
+    ensure_ray(ray_config)
+    resources = dict(ray_config.resources_per_worker)
+    task = ray.remote(
+        num_cpus=resources.pop("CPU", 1.0), num_gpus=1 if ray_config.use_gpu else 0, resources=resources or None,
+        max_retries=max(ray_config.max_failures, 0),
+    )(fn)
+    return ray.get([task.remote(shard, **kwargs) for shard in shards])
 
 
 def world_rank() -> int:

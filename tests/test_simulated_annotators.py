@@ -1,6 +1,6 @@
 import random
 
-from labeling_ui.simulated import SimulatedAnnotator, pair_orders, pairwise_agreement
+from labeling_ui.simulated import SimulatedAnnotator, agreement_at, calibrate_noise, pair_orders, pairwise_agreement
 from tiny_world import TinyWorld, true_score
 from tiny_world.tasks import Task
 
@@ -36,3 +36,13 @@ def test_annotators_are_deterministic_by_seed():
 def test_pairwise_agreement_by_hand():
     # a: 0 > 1 > 2; b: 1 > 0 = 2  -> shared ordered pairs (0,1) disagree, (1,2) agree; (0,2) tied in b
     assert pairwise_agreement([[[0], [1], [2]]], [[[1], [0, 2]]]) == 0.5
+
+
+def test_calibrated_noise_reaches_the_target_agreement_on_other_candidates():
+    # candidates that are all wrong differ only in style: less room to agree, so less noise is needed
+    world = TinyWorld(seed=0)
+    lazy = [(e.task, [f"{e.task.args[0]}", f"The answer is {e.task.args[0]}.", "no", "Here it is: x"])
+            for e in world.train_examples(300, "rm")]
+    noise = calibrate_noise(lazy, target=0.73)
+    assert 0.0 < noise < 0.38
+    assert abs(agreement_at(noise, lazy, seed=7) - 0.73) < 0.04  # other annotators, same noise

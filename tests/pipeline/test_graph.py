@@ -9,11 +9,25 @@ def test_fingerprint_changes_with_the_stage_config_and_flows_downstream():
     assert sft_changed["pretrain"] == base["pretrain"] and sft_changed["sft"] != base["sft"]
     assert pre_changed["pretrain"] != base["pretrain"] and pre_changed["sft"] != base["sft"]
     # how the run is placed does not change what it computes
-    assert fingerprints(load_config(None, ["ray.max_failures=3", "run.torch_threads=2"])) == base
+    placement = ["ray.max_failures=3", "run.torch_threads=2", "deepspeed.zero_stage=3", "deepspeed.offload_optimizer=true"]
+    assert fingerprints(load_config(None, placement)) == base
+    assert fingerprints(load_config(None, ["deepspeed.precision=bf16"]))["pretrain"] != base["pretrain"]
 
 
 def test_a_pretrained_base_model_skips_pretrain():
     config = load_config(None, ["model.name_or_path=/models/base"])
-    assert [s.name for s in enabled_stages(config)] == ["sft"]
+    assert [s.name for s in enabled_stages(config)] == ["sft", "sample", "rm"]
     assert inputs_of("sft", config) == []
     assert inputs_of("sft", load_config(None)) == ["pretrain"]
+
+
+def test_a_rankings_file_skips_sampling_and_an_rm_change_reruns_only_rm():
+    config = load_config(None, ["data.rankings.path=labels.jsonl"])
+    assert "sample" not in [s.name for s in enabled_stages(config)]
+    assert inputs_of("rm", config) == ["sft"]
+    assert inputs_of("rm", load_config(None)) == ["sft", "sample"]
+    base = fingerprints(load_config(None))
+    rm_changed = fingerprints(load_config(None, ["rm.lr=1e-4"]))
+    assert [s for s in base if base[s] != rm_changed[s]] == ["rm"]
+    sample_changed = fingerprints(load_config(None, ["sample.k=6"]))
+    assert [s for s in base if base[s] != sample_changed[s]] == ["sample", "rm"]

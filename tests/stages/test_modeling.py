@@ -3,14 +3,8 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.config import TINY_GPT2
 from pipeline.errors import InputError
-from stages.modeling import build_model, check_model_dir, load_tokenizer, train_char_tokenizer
+from stages.modeling import build_model, check_model_dir, load_tokenizer
 from tiny_world import PROMPT_FORMAT, TinyWorld
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    world = TinyWorld()
-    return train_char_tokenizer([world.alphabet(), *world.corpus(50)])
 
 
 def test_char_tokenizer_round_trips_every_character(tokenizer):

@@ -1,4 +1,6 @@
-"""The `rlhf` command (also `python -m pipeline`). Heavy imports happen inside the commands, so
+"""rlhf: run, submit and inspect the RLHF pipeline's stages.
+
+The `rlhf` command (also `python -m pipeline`). Heavy imports happen inside the commands, so
 `rlhf --help` is instant."""
 
 from __future__ import annotations
@@ -12,7 +14,27 @@ from pipeline.errors import EXIT_BAD_INPUT, InputError
 def _run(args: argparse.Namespace) -> None:
     from pipeline.runner import run_pipeline
 
-    run_pipeline(args.config, args.run_dir, args.resume, args.stages, args.set)
+    run_pipeline(args.config, args.run_dir, args.resume, args.stages, args.set, args.address)
+
+
+def _submit(args: argparse.Namespace) -> None:
+    from pipeline.config import load_config
+    from pipeline.graph import STAGE_NAMES, require_inputs
+    from pipeline.jobs import submit_stage
+    from pipeline.run_dir import RunDir
+
+    if args.stage not in STAGE_NAMES:
+        raise InputError(f"unknown stage {args.stage!r}; stages are {', '.join(STAGE_NAMES)}")
+    config = load_config(args.config, args.set)
+    run = RunDir(args.run_dir)
+    require_inputs(args.stage, config, run)
+    print(submit_stage(args.stage, config, run, args.address))
+
+
+def _logs(args: argparse.Namespace) -> None:
+    from pipeline.jobs import print_logs
+
+    print_logs(args.run_dir, args.stage, args.follow)
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -31,7 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue a run: skip finished stages, resume interrupted ones")
     run.add_argument("--stages", help="comma-separated subset of stages to run")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    run.add_argument("--address", help="Ray job server (http://HOST:8265): each stage as a Ray job there")
     run.set_defaults(func=_run)
+
+    submit = commands.add_parser("submit", help="submit one stage as a Ray job (Ray Job Submission SDK); prints its job id")
+    submit.add_argument("stage")
+    submit.add_argument("--config", help="YAML config (default: configs/tiny.yaml)")
+    submit.add_argument("--run-dir", required=True, help="run directory, on storage the cluster shares")
+    submit.add_argument("--address", default="http://127.0.0.1:8265", help="Ray job server (default: %(default)s)")
+    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    submit.set_defaults(func=_submit)
+
+    logs = commands.add_parser("logs", help="show a stage's output (its Ray job's logs, or the local log)")
+    logs.add_argument("run_dir")
+    logs.add_argument("stage")
+    logs.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    logs.set_defaults(func=_logs)
 
     status = commands.add_parser("status", help="show every stage's state in a run directory")
     status.add_argument("run_dir")

@@ -25,6 +25,8 @@ class Stage:
     enabled: Callable[[Config], bool] = lambda config: True
     # an input the config makes unnecessary (e.g. a model given as a path instead of the stage's output)
     input_replaced: Callable[[Config, str], bool] = lambda config, name: False
+    # an input the config makes unnecessary (e.g. a model given as a path instead of the stage's output)
+    input_replaced: Callable[[Config, str], bool] = lambda config, name: False
 
 
 STAGES: tuple[Stage, ...] = (
@@ -34,6 +36,12 @@ STAGES: tuple[Stage, ...] = (
     # sample draws K candidates per prompt from the SFT policy and has them ranked; a rankings file skips it
     Stage("sample", ("sft",), ("world", "sample"), lambda c: c.data.rankings is None),
     Stage("rm", ("sft", "sample"), ("world", "data.sft", "data.rankings", "rm")),
+    Stage(
+        "ppo",
+        ("sft", "rm"),
+        ("world", "data.pretrain", "ppo"),
+        input_replaced=lambda c, name: (c.ppo.actor if name == "sft" else c.ppo.reward_model) is not None,
+    ),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
@@ -74,3 +82,18 @@ def fingerprints(config: Config) -> dict[str, str]:
         }
         result[s.name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     return result
+
+
+def require_inputs(name: str, config: Config, run_dir) -> None:
+    """InputError unless every input of stage `name` is done in `run_dir` (a RunDir) with this config."""
+    from pipeline.errors import InputError
+
+    prints = fingerprints(config)
+    if name not in prints:
+        raise InputError(f"stage {name} is disabled by this config")
+    for needed in inputs_of(name, config):
+        if not run_dir.is_done(needed, prints[needed]):
+            raise InputError(
+                f"stage {name} needs stage {needed} done with this config in {run_dir.root}; run it first "
+                f"(rlhf run --run-dir {run_dir.root} --stages {needed})"
+            )

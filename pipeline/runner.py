@@ -17,6 +17,7 @@ from pipeline.config import Config, dump_config, load_config
 from pipeline.errors import EXIT_BAD_INPUT, InputError
 from pipeline.files import atomic_write_text
 from pipeline.graph import STAGE_NAMES, enabled_stages, fingerprints, inputs_of
+from pipeline.lock import RunLock
 from pipeline.ray_env import set_worker_env
 from pipeline.run_dir import DONE, RunDir
 
@@ -70,7 +71,18 @@ def run_stage_process(stage: str, config_path: Path, run_dir: RunDir, ray_addres
         return process.wait()
 
 
-def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: str | None, overrides: list[str]) -> None:
+def run_stage_job(stage: str, config: Config, run_dir: RunDir, address: str) -> int:
+    """Run one stage as a Ray job on the cluster at `address`, printing its output; 0 if it succeeded."""
+    from pipeline.jobs import SUCCEEDED, follow_job, submit_stage
+
+    job_id = submit_stage(stage, config, run_dir, address, lock_holder=os.getpid())
+    print(f"[rlhf] {stage}: Ray job {job_id} at {address}", flush=True)
+    status = follow_job(address, job_id)
+    return 0 if status == SUCCEEDED else 1
+
+
+def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: str | None, overrides: list[str],
+                 address: str | None = None) -> None:
     config = load_config(config_path, overrides)
     run = RunDir(run_dir)
     selected = select_stages(config, stages)
@@ -79,20 +91,24 @@ def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: st
         for needed in inputs_of(name, config):
             if needed not in selected and not run.is_done(needed, prints[needed]):
                 raise InputError(f"--stages {stages}: stage {name} needs {needed}, which is not done with this config")
-    resolved_path = prepare_run_dir(run, config, resume)
-    to_run = [n for n in selected if not (resume and run.is_done(n, prints[n]))]
-    for name in selected:
-        if name not in to_run:
-            print(f"[rlhf] {name}: done with this config, skipped")
-    ray_address = start_local_ray(config) if to_run else ""
-    for index, name in enumerate(to_run, start=1):
-        print(f"[rlhf] stage {index}/{len(to_run)}: {name}", flush=True)
-        started = time.time()
-        code = run_stage_process(name, resolved_path, run, ray_address)
-        if code != 0:
-            print(f"[rlhf] stage {name} failed (exit {code}); see {run.log_path(name)}", file=sys.stderr)
-            sys.exit(code if code == EXIT_BAD_INPUT else 1)
-        print(f"[rlhf] {name}: done in {time.time() - started:.0f} s", flush=True)
+    with RunLock(run.root):  # the stage processes inherit it
+        resolved_path = prepare_run_dir(run, config, resume)
+        to_run = [n for n in selected if not (resume and run.is_done(n, prints[n]))]
+        for name in selected:
+            if name not in to_run:
+                print(f"[rlhf] {name}: done with this config, skipped")
+        ray_address = start_local_ray(config) if to_run and not address else ""
+        for index, name in enumerate(to_run, start=1):
+            print(f"[rlhf] stage {index}/{len(to_run)}: {name}", flush=True)
+            started = time.time()
+            if address:
+                code = run_stage_job(name, config, run, address)
+            else:
+                code = run_stage_process(name, resolved_path, run, ray_address)
+            if code != 0:
+                print(f"[rlhf] stage {name} failed (exit {code}); see {run.log_path(name)}", file=sys.stderr)
+                sys.exit(code if code == EXIT_BAD_INPUT else 1)
+            print(f"[rlhf] {name}: done in {time.time() - started:.0f} s", flush=True)
     print_summary(run, selected)
 
 
@@ -120,3 +136,10 @@ def print_summary(run: RunDir, stages: list[str]) -> None:
                 f"{rm['rm/true_order_accuracy']:.3f} against the tiny world's true order"
             )
         print(line)
+    ppo = manifest.get("ppo", {}).get("metrics", {})
+    if "heldout_true_score" in ppo:
+        print(
+            f"  PPO on held-out prompts (true score, 0 to 1.5): greedy SFT {ppo['reference/heldout_true_score']:.3f} -> "
+            f"PPO {ppo['heldout_true_score']:.3f}, sampled {ppo['reference/heldout_sampled_true_score']:.3f} -> "
+            f"{ppo['heldout_sampled_true_score']:.3f}, KL to SFT {ppo['heldout_kl_to_reference']:.2f}"
+        )

@@ -10,6 +10,7 @@ HEADLINE = {
     "sft": "heldout_exact_match",
     "sample": "sample/annotator_agreement",
     "rm": "rm/heldout_accuracy",
+    "ppo": "heldout_true_score",
 }
 
 

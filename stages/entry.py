@@ -16,7 +16,8 @@ from typing import Callable
 from pipeline.config import Config, dump_config, load_config
 from pipeline.errors import EXIT_BAD_INPUT, InputError
 from pipeline.files import atomic_write_text
-from pipeline.graph import fingerprints, inputs_of
+from pipeline.graph import fingerprints, require_inputs
+from pipeline.lock import RunLock
 from pipeline.run_dir import DONE, FAILED, RUNNING, RunDir
 
 
@@ -40,15 +41,8 @@ def parse_args(stage: str, argv: list[str] | None) -> argparse.Namespace:
 def prepare(stage: str, config: Config, run_dir: RunDir) -> tuple[str, bool]:
     """Check the stage's inputs; returns its fingerprint and whether to resume an interrupted run
     of the same configuration (a retried job, or a worker group restarted by Ray)."""
+    require_inputs(stage, config, run_dir)
     prints = fingerprints(config)
-    if stage not in prints:
-        raise InputError(f"stage {stage} is disabled by this config (model.name_or_path names a pretrained base model)")
-    for needed in inputs_of(stage, config):
-        if not run_dir.is_done(needed, prints[needed]):
-            raise InputError(
-                f"stage {stage} needs stage {needed} done with this config in {run_dir.root}; run it first "
-                f"(rlhf run --run-dir {run_dir.root} --stages {needed})"
-            )
     record = run_dir.stage_record(stage)
     resume = record.get("fingerprint") == prints[stage] and record.get("status") in (RUNNING, FAILED)
     return prints[stage], resume
@@ -57,9 +51,11 @@ def prepare(stage: str, config: Config, run_dir: RunDir) -> tuple[str, bool]:
 def run_stage(stage: str, body: StageFn, argv: list[str] | None = None) -> None:
     args = parse_args(stage, argv)
     run_dir = RunDir(args.run_dir)
+    lock = RunLock(run_dir.root)
     started = False
     try:
         config = load_config(args.config, args.set)
+        lock.acquire()  # one writer per run directory; inherited when `rlhf run` started this stage
         fingerprint, resume = prepare(stage, config, run_dir)
         import torch
 
@@ -80,3 +76,5 @@ def run_stage(stage: str, body: StageFn, argv: list[str] | None = None) -> None:
         if started:
             run_dir.update_stage(stage, status=FAILED, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
         raise
+    finally:
+        lock.release()

@@ -34,6 +34,22 @@ QUICK = [
     "sft.checkpoint_every=75",
     "sample.prompts=600",
     "rm.checkpoint_every=10",
+    "ppo.iterations=4",
+    "ppo.episodes_per_iteration=32",
+    "ppo.prompt_pool=256",
+    "ppo.validation_prompts=16",
+    "ppo.eval_every=2",
+    "ppo.checkpoint_every=2",
+]
+PPO_ZERO2 = [  # standalone PPO on the pipeline's models, given as paths
+    "ppo.iterations=4",
+    "ppo.episodes_per_iteration=16",
+    "ppo.prompt_pool=128",
+    "ppo.validation_prompts=8",
+    "ppo.eval_every=2",
+    "ppo.checkpoint_every=2",
+    "ppo.actor_lr=1e-4",
+    "ray.max_failures=1",
 ]
 
 
@@ -48,7 +64,7 @@ def run(args, env=None, check=True):
 
 @pytest.fixture(scope="module")
 def zero3_run(tmp_path_factory):
-    """`rlhf run` (pretrain -> sft -> sample -> rm) with 2 Ray Train workers under ZeRO-3."""
+    """`rlhf run` (pretrain -> sft -> sample -> rm -> ppo) with 2 Ray workers under ZeRO-3."""
     run_dir = tmp_path_factory.mktemp("zero3") / "run"
     result = run(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--set", "deepspeed.zero_stage=3", *sum((["--set", s] for s in QUICK), [])])
     return run_dir, result.stdout
@@ -70,14 +86,16 @@ def test_zero3_sft_model_loads_generates_and_beats_base(zero3_run):
 
 def test_stage_outputs_follow_the_run_directory_contract(zero3_run):
     run_dir, _ = zero3_run
-    for stage in ("pretrain", "sft", "rm"):
+    expected = {"pretrain": ("train/loss", "train_runtime"), "sft": ("train/loss", "train_runtime"),
+                "rm": ("train/loss", "train_runtime"), "ppo": ("ppo/score", "ppo: 100%")}
+    for stage, (metric, log_line) in expected.items():
         checkpoints = run_dir / stage / "checkpoints"
         latest = (checkpoints / "latest").read_text().strip()
-        assert (checkpoints / latest / "trainer_state.json").exists()
+        assert (checkpoints / latest / ("trainer-rank1.pt" if stage == "ppo" else "trainer_state.json")).exists()
         records = read_jsonl(run_dir / stage / "metrics.jsonl")
-        assert records and all("step" in r for r in records) and any("train/loss" in r for r in records)
+        assert records and all("step" in r for r in records) and any(metric in r for r in records)
         assert list((run_dir / stage / "tensorboard").glob("events.out.tfevents.*"))
-        assert "train_runtime" in (run_dir / "logs" / f"{stage}.log").read_text()  # the workers' output
+        assert log_line in (run_dir / "logs" / f"{stage}.log").read_text()  # the workers' output
     assert (run_dir / "config.yaml").exists()
 
 
@@ -85,7 +103,7 @@ def test_resume_of_a_finished_run_reruns_nothing_and_status_shows_it(zero3_run):
     run_dir, _ = zero3_run
     before = (run_dir / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
     again = run(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--resume", "--set", "deepspeed.zero_stage=3", *sum((["--set", s] for s in QUICK), [])])
-    for stage in ("pretrain", "sft", "sample", "rm"):
+    for stage in ("pretrain", "sft", "sample", "rm", "ppo"):
         assert f"{stage}: done with this config, skipped" in again.stdout
     assert (run_dir / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == before
     refused = run(["-m", "pipeline", "run", "--run-dir", str(run_dir)], check=False)
@@ -121,7 +139,8 @@ def test_zero3_reward_model_loads_with_auto_class_and_scores_normalised(zero3_ru
 
 def test_lora_reward_model_learns_a_trivial_preference_from_a_rankings_file(zero3_run, tmp_path):
     """A K-way export with ties (two responses ending with a period, tied, over two without), LoRA on
-    the reward model: held-out accuracy near 1, and the merged model carries the bias."""
+    the reward model, and rank 0 killed at step 15 (Ray restarts the group from checkpoint 10):
+    held-out accuracy near 1, and the merged model carries the bias."""
     import random
     import shutil
 
@@ -134,14 +153,59 @@ def test_lora_reward_model_learns_a_trivial_preference_from_a_rankings_file(zero
             candidates = [{"id": f"c{j}", "text": t} for j, t in enumerate(texts)]
             f.write(json.dumps({"prompt_id": f"s{i}", "prompt": example.prompt, "candidates": candidates,
                                 "ranking": [["c0", "c1"], ["c2", "c3"]], "annotator_id": "a"}) + "\n")
-    overrides = [*QUICK, "deepspeed.zero_stage=3", f"data.rankings.path={tmp_path / 'period.jsonl'}", "rm.lora.r=8", "rm.lr=2e-3"]
-    run(["-m", "stages.rm", "--run-dir", str(run_dir), *sum((["--set", s] for s in overrides), [])])
+    overrides = [*QUICK, "deepspeed.zero_stage=3", f"data.rankings.path={tmp_path / 'period.jsonl'}", "rm.lora.r=8",
+                 "rm.lr=2e-3", "ray.max_failures=1"]
+    run(["-m", "stages.rm", "--run-dir", str(run_dir), *sum((["--set", s] for s in overrides), [])], env={"RLHF_FAULT_AT_STEP": "15"})
+    assert (run_dir / "rm" / "fault_injected").exists()
     rm = json.loads((run_dir / "manifest.json").read_text())["stages"]["rm"]
     assert rm["status"] == "done" and rm["outputs"] == {"model": "rm/model", "adapter": "rm/adapter"}
     assert rm["metrics"]["rm/heldout_accuracy"] >= 0.95
     assert "rm/true_order_accuracy" not in rm["metrics"]  # no tiny-world task behind a user's file
     merged = AutoModelForSequenceClassification.from_pretrained(run_dir / "rm" / "model", local_files_only=True)
     assert merged.config.reward_bias == pytest.approx(rm["metrics"]["rm/bias"])
+
+
+def test_zero3_ppo_policy_loads_generates_and_reports(zero3_run):
+    run_dir, _ = zero3_run
+    ppo = json.loads((run_dir / "manifest.json").read_text())["stages"]["ppo"]
+    assert ppo["status"] == "done" and ppo["metrics"]["ppo/iterations"] == 4
+    records = [r for r in read_jsonl(run_dir / "ppo" / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for name in ("ppo/score", "ppo/kl", "ppo/beta", "ppo/policy_loss", "ppo/value_loss", "ppo/clipfrac", "ppo/approx_kl",
+                 "ppo/entropy", "ppo/response_length", "ppo/ptx_loss", "time/generate", "time/score", "time/train",
+                 "ppo/episodes_per_second"):
+        assert all(name in r for r in records), name
+    assert "ppo/validation_score" in records[1] and "ppo/validation_score" in records[3]
+    for name in ("heldout_true_score", "heldout_sampled_true_score", "heldout_kl_to_reference", "pretrain_heldout_lm_loss",
+                 "reference/heldout_true_score", "reference/pretrain_heldout_lm_loss"):
+        assert name in ppo["metrics"], name
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "ppo" / "model", local_files_only=True)
+    [response] = generate(model, load_tokenizer(run_dir / "ppo" / "model"), [TinyWorld().heldout_examples(1)[0].prompt])
+    assert isinstance(response, str)
+
+
+def final_weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "ppo" / "final" / "model.safetensors")
+
+
+def test_zero2_ppo_resumed_after_a_killed_worker_ends_with_the_uninterrupted_weights(zero3_run, tmp_path):
+    """Standalone PPO (models as paths, ZeRO-2); in the second run rank 0 dies right after the
+    checkpoint of iteration 2, Ray restarts the group, and it resumes from that checkpoint."""
+    sft, rm = zero3_run[0] / "sft" / "model", zero3_run[0] / "rm" / "model"
+    overrides = [*PPO_ZERO2, f"ppo.actor={sft}", f"ppo.reward_model={rm}"]
+    for name, env in (("straight", {}), ("faulted", {"RLHF_FAULT_AT_STEP": "2"})):
+        run(["-m", "stages.ppo", "--run-dir", str(tmp_path / name), *sum((["--set", s] for s in overrides), [])], env=env)
+    assert (tmp_path / "faulted" / "ppo" / "fault_injected").exists()
+    straight, faulted = final_weights(tmp_path / "straight"), final_weights(tmp_path / "faulted")
+    assert straight.keys() == faulted.keys()
+    for name in straight:
+        assert torch.equal(straight[name], faulted[name]), name
+    sft_weights = AutoModelForCausalLM.from_pretrained(sft, local_files_only=True).state_dict()
+    assert not torch.equal(straight["transformer.h.0.attn.c_attn.weight"], sft_weights["transformer.h.0.attn.c_attn.weight"])
+    steps = [r["step"] for r in read_jsonl(tmp_path / "faulted" / "ppo" / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4]  # the resumed run's records replace, not repeat
 
 
 def test_lora_sft_on_local_files_survives_a_killed_worker(zero3_run, tmp_path):

@@ -16,7 +16,7 @@ def test_fingerprint_changes_with_the_stage_config_and_flows_downstream():
 
 def test_a_pretrained_base_model_skips_pretrain():
     config = load_config(None, ["model.name_or_path=/models/base"])
-    assert [s.name for s in enabled_stages(config)] == ["sft", "sample", "rm"]
+    assert [s.name for s in enabled_stages(config)] == ["sft", "sample", "rm", "ppo"]
     assert inputs_of("sft", config) == []
     assert inputs_of("sft", load_config(None)) == ["pretrain"]
 
@@ -28,6 +28,14 @@ def test_a_rankings_file_skips_sampling_and_an_rm_change_reruns_only_rm():
     assert inputs_of("rm", load_config(None)) == ["sft", "sample"]
     base = fingerprints(load_config(None))
     rm_changed = fingerprints(load_config(None, ["rm.lr=1e-4"]))
-    assert [s for s in base if base[s] != rm_changed[s]] == ["rm"]
+    assert [s for s in base if base[s] != rm_changed[s]] == ["rm", "ppo"]
     sample_changed = fingerprints(load_config(None, ["sample.k=6"]))
-    assert [s for s in base if base[s] != sample_changed[s]] == ["sample", "rm"]
+    assert [s for s in base if base[s] != sample_changed[s]] == ["sample", "rm", "ppo"]
+    ppo_changed = fingerprints(load_config(None, ["ppo.kl_coef=0.05"]))
+    assert [s for s in base if base[s] != ppo_changed[s]] == ["ppo"]
+
+
+def test_ppo_on_models_given_as_paths_needs_no_pipeline_stage():
+    config = load_config(None, ["ppo.actor=/models/policy", "ppo.reward_model=/models/rm"])
+    assert inputs_of("ppo", config) == []
+    assert inputs_of("ppo", load_config(None, ["ppo.actor=/models/policy"])) == ["rm"]

@@ -1,0 +1,43 @@
+"""The run-directory lock: a second writer is refused with the holder named; a holder killed with
+SIGKILL leaves a stale lock that the next run takes over; a stage started by the holder inherits it."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.lock import LOCK_ENV, RunLock
+
+HOLD = "import sys, time; from pipeline.lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+
+
+@pytest.fixture
+def holder(tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_a_second_writer_is_refused_with_the_holder_named(tmp_path, holder):
+    with pytest.raises(InputError, match=rf"run directory {tmp_path} is in use by pid {holder.pid} on .* since .*wait for it"):
+        RunLock(tmp_path).acquire()
+
+
+def test_a_killed_holder_leaves_a_stale_lock_that_is_taken_over(tmp_path, holder):
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    with RunLock(tmp_path) as lock:
+        assert lock.holder()["pid"] == os.getpid()
+
+
+def test_a_stage_started_by_the_holder_inherits_the_lock(tmp_path, holder, monkeypatch):
+    monkeypatch.setenv(LOCK_ENV, str(holder.pid))
+    RunLock(tmp_path).acquire()  # no error: the holder started this process
+    monkeypatch.setenv(LOCK_ENV, str(holder.pid + 1))
+    with pytest.raises(InputError, match="is in use by"):
+        RunLock(tmp_path).acquire()

@@ -200,6 +200,9 @@ class PPOSection(Section):
     ptx_coef: float = Field(1.0, ge=0.0, description="gamma of Eq. 2: weight of the pretraining LM loss (InstructGPT: 27.8; 0: plain PPO).")
     ptx_ratio: float = Field(1.0, ge=0.0, description="Pretraining sequences per episode in each minibatch (InstructGPT: 8).")
     ptx_max_length: int = Field(128, ge=8, description="Tokens per pretraining sequence.")
+    lora: LoraSection | None = Field(
+        None, description="Train LoRA adapters on the actor; the reference is then the actor with adapters off (ZeRO 0-2)."
+    )
     ema_decay: float | None = Field(
         None, gt=0.0, lt=1.0, description="Keep an EMA of the actor's weights and save it as the policy (InstructGPT: 0.992); ZeRO 0-2."
     )

@@ -65,6 +65,11 @@ def ppo(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     # 1. models, tokenizer, prompts, pretraining text: checked before Ray starts
     if config.ppo.ema_decay is not None and config.deepspeed.zero_stage == 3:
         raise InputError("ppo.ema_decay: the EMA needs every rank to hold the full weights; use deepspeed.zero_stage 0-2 or drop it")
+    if config.ppo.lora is not None:
+        if config.deepspeed.zero_stage == 3:
+            raise InputError("ppo.lora: LoRA on the actor runs under deepspeed.zero_stage 0-2")
+        if config.ppo.ema_decay is not None or config.ppo.reference is not None:
+            raise InputError("ppo.lora: the reference is the actor without adapters; drop ppo.reference and ppo.ema_decay")
     paths = model_paths(config, run_dir)
     tokenizer_dir = tokenizer_path(config.model, paths["actor"])
     tokenizer = load_tokenizer(tokenizer_dir)

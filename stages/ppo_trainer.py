@@ -138,7 +138,8 @@ class PPOTrainer:
         frozen_config = engine_config(ds, self.minibatch_size)
 
         def engine(model, lr):
-            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, ppo.adam_beta2), eps=1e-8, weight_decay=0.0)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, ppo.adam_beta2), eps=1e-8, weight_decay=0.0)
             warmup = ppo.warmup_iterations * self.steps_per_iteration
             # InstructGPT: constant LR after a linear warmup that starts at 0.1 x peak
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 if step >= warmup else 0.1 + 0.9 * step / warmup)
@@ -155,9 +156,17 @@ class PPOTrainer:
 
         load = {"local_files_only": True}
         score_kwargs = {**load, "num_labels": 1, "pad_token_id": self.tokenizer.pad_token_id}
-        self.actor = engine(AutoModelForCausalLM.from_pretrained(job.actor, **load), ppo.actor_lr)
+        actor = AutoModelForCausalLM.from_pretrained(job.actor, **load)
+        if ppo.lora is not None:
+            from peft import get_peft_model
+
+            from stages.modeling import peft_config
+
+            actor = get_peft_model(actor, peft_config(ppo.lora))
+        self.actor = engine(actor, ppo.actor_lr)
         self.critic = engine(AutoModelForSequenceClassification.from_pretrained(job.critic, **score_kwargs), ppo.critic_lr)
-        self.reference = frozen(AutoModelForCausalLM.from_pretrained(job.reference, **load))
+        # with LoRA the reference is the actor with its adapters off: no second copy of the model
+        self.reference = None if ppo.lora else frozen(AutoModelForCausalLM.from_pretrained(job.reference, **load))
         self.reward_model = None
         self.reward_bias = 0.0
         if ppo.reward == "model":
@@ -211,7 +220,12 @@ class PPOTrainer:
     def make_experience(self, batch: RolloutBatch, prompts: list[str]) -> tuple[Experience, dict[str, float]]:
         T, mask = batch.response_mask.shape[1], batch.response_mask
         responses = batch.sequences[:, batch.prompt_length :]
-        ref_logprobs = token_logprobs(response_logits(self.reference, batch.sequences, batch.attention_mask, T, self.ppo.temperature), responses)
+        if self.reference is None:
+            with self.actor.module.disable_adapter():
+                ref_logits = response_logits(self.actor, batch.sequences, batch.attention_mask, T, self.ppo.temperature)
+        else:
+            ref_logits = response_logits(self.reference, batch.sequences, batch.attention_mask, T, self.ppo.temperature)
+        ref_logprobs = token_logprobs(ref_logits, responses)
         self.critic.eval()
         values = token_scores(self.critic, batch.sequences, batch.attention_mask)[:, -T - 1 : -1].float()
         self.critic.train()
@@ -290,9 +304,16 @@ class PPOTrainer:
         return (sums[0] / sums[1].clamp(min=1)).item()
 
     def save_model(self, directory) -> None:
-        """The actor (its EMA when configured) in HF format, gathered from ZeRO-3 shards, written to a
-        temp dir and renamed."""
+        """The actor (its EMA when configured; with LoRA, merged into the base) in HF format, gathered
+        from ZeRO-3 shards, written to a temp dir and renamed."""
         tmp = directory.with_name(directory.name + ".tmp")
+        if self.ppo.lora is not None:
+            if self.rank == 0:
+                self.save_merged_lora(tmp)
+                publish_dir(tmp, directory)
+            if dist.is_initialized():
+                dist.barrier()
+            return
         if self.ema is not None:
             names = [name for name, _ in self.actor.module.named_parameters()]
             state = {name: average.to(p.dtype) for name, average, p in zip(names, self.ema, self.actor.module.parameters())}
@@ -306,6 +327,17 @@ class PPOTrainer:
             publish_dir(tmp, directory)
         if dist.is_initialized():
             dist.barrier()
+
+    def save_merged_lora(self, tmp) -> None:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        adapter = tmp.with_name(tmp.name + ".adapter")
+        self.actor.module.save_pretrained(str(adapter))
+        base = AutoModelForCausalLM.from_pretrained(self.job.actor, local_files_only=True)
+        PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(str(tmp))
+        self.tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(adapter)
 
     def save_checkpoint(self, iteration: int) -> None:
         checkpoints = self.run_dir.checkpoints_dir(STAGE)

@@ -96,3 +96,20 @@ def test_the_saved_policy_is_the_ema_of_the_actor_weights(process_group, models,
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "policy", local_files_only=True)
     for average, parameter in zip(trainer.ema, saved.parameters()):
         torch.testing.assert_close(parameter, average)
+
+
+def test_lora_actor_uses_itself_without_adapters_as_the_reference_and_saves_merged(process_group, models, tmp_path):
+    trainer = make_trainer(models, tmp_path, "ppo.lora.r=4", "ppo.lora.target_modules=[c_attn]", "ppo.actor_lr=1e-2")
+    assert trainer.reference is None
+    prompts = trainer.iteration_prompts(0)
+    batch = trainer.rollout.generate(prompts)
+    experience, metrics = trainer.make_experience(batch, prompts)
+    assert abs(metrics["kl"]) < 1e-4  # fresh adapters (B = 0): the policy is its reference
+    trainer.learn(experience, iteration=0)
+    _, metrics = trainer.make_experience(trainer.rollout.generate(prompts), prompts)
+    assert abs(metrics["kl"]) > 1e-4  # trained adapters move the policy, adapters off do not
+    trainer.save_model(tmp_path / "policy")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "policy", local_files_only=True)
+    base = AutoModelForCausalLM.from_pretrained(models / "actor", local_files_only=True)
+    assert merged.state_dict().keys() == base.state_dict().keys()
+    assert not torch.equal(merged.state_dict()["transformer.h.0.attn.c_attn.weight"], base.state_dict()["transformer.h.0.attn.c_attn.weight"])

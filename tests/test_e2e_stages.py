@@ -6,8 +6,10 @@ Each `rlhf run` or `python -m stages.X` below starts its own local Ray and stops
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,15 +43,14 @@ QUICK = [
     "ppo.eval_every=2",
     "ppo.checkpoint_every=2",
 ]
-PPO_ZERO2 = [  # standalone PPO on the pipeline's models, given as paths
+PPO_ZERO2 = [
     "ppo.iterations=4",
     "ppo.episodes_per_iteration=16",
     "ppo.prompt_pool=128",
     "ppo.validation_prompts=8",
     "ppo.eval_every=2",
-    "ppo.checkpoint_every=2",
+    "ppo.checkpoint_every=1",
     "ppo.actor_lr=1e-4",
-    "ray.max_failures=1",
 ]
 
 
@@ -184,27 +185,46 @@ def test_zero3_ppo_policy_loads_generates_and_reports(zero3_run):
     assert isinstance(response, str)
 
 
-def final_weights(run_dir):
+def weights(path):
     from safetensors.torch import load_file
 
-    return load_file(run_dir / "ppo" / "final" / "model.safetensors")
+    return load_file(path / "model.safetensors")
 
 
-def test_zero2_ppo_resumed_after_a_killed_worker_ends_with_the_uninterrupted_weights(zero3_run, tmp_path):
-    """Standalone PPO (models as paths, ZeRO-2); in the second run rank 0 dies right after the
-    checkpoint of iteration 2, Ray restarts the group, and it resumes from that checkpoint."""
-    sft, rm = zero3_run[0] / "sft" / "model", zero3_run[0] / "rm" / "model"
-    overrides = [*PPO_ZERO2, f"ppo.actor={sft}", f"ppo.reward_model={rm}"]
-    for name, env in (("straight", {}), ("faulted", {"RLHF_FAULT_AT_STEP": "2"})):
-        run(["-m", "stages.ppo", "--run-dir", str(tmp_path / name), *sum((["--set", s] for s in overrides), [])], env=env)
-    assert (tmp_path / "faulted" / "ppo" / "fault_injected").exists()
-    straight, faulted = final_weights(tmp_path / "straight"), final_weights(tmp_path / "faulted")
-    assert straight.keys() == faulted.keys()
-    for name in straight:
-        assert torch.equal(straight[name], faulted[name]), name
-    sft_weights = AutoModelForCausalLM.from_pretrained(sft, local_files_only=True).state_dict()
-    assert not torch.equal(straight["transformer.h.0.attn.c_attn.weight"], sft_weights["transformer.h.0.attn.c_attn.weight"])
-    steps = [r["step"] for r in read_jsonl(tmp_path / "faulted" / "ppo" / "metrics.jsonl")]
+def test_driver_killed_during_sft_and_during_ppo_resumes_to_the_uninterrupted_weights(zero3_run, tmp_path):
+    """`rlhf run` SIGKILLed once in SFT and once in PPO (ZeRO-2, models given as paths for the rest),
+    and in the last run a PPO worker killed after iteration 3 (Ray restarts the group): each resume
+    continues from the latest complete checkpoint, and the final SFT and PPO weights equal those of a
+    run never interrupted."""
+    base, rm = zero3_run[0] / "pretrain" / "model", zero3_run[0] / "rm" / "model"
+    overrides = [f"model.name_or_path={base}", f"ppo.reward_model={rm}", "world.demonstrations=800", "sft.max_steps=40",
+                 "sft.checkpoint_every=10", "ray.max_failures=1", *PPO_ZERO2]
+    command = ["-m", "pipeline", "run", "--stages", "sft,ppo", "--resume", *sum((["--set", s] for s in overrides), [])]
+    run([*command, "--run-dir", str(tmp_path / "straight")])
+
+    killed = tmp_path / "killed"
+    for stage in ("sft", "ppo"):
+        driver = subprocess.Popen([sys.executable, *command, "--run-dir", str(killed)], cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        latest = killed / stage / "checkpoints" / "latest"
+        deadline = time.time() + 600
+        while not latest.exists():
+            assert driver.poll() is None and time.time() < deadline, f"the run ended before a {stage} checkpoint"
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        assert json.loads((killed / "manifest.json").read_text())["stages"][stage]["status"] == "running"
+    run([*command, "--run-dir", str(killed)], env={"RLHF_FAULT_AT_STEP": "3"})
+    assert (killed / "ppo" / "fault_injected").exists()
+
+    manifest = json.loads((killed / "manifest.json").read_text())["stages"]
+    assert manifest["sft"]["status"] == manifest["ppo"]["status"] == "done"
+    for output in ("sft/model", "ppo/final"):
+        straight, resumed = weights(tmp_path / "straight" / output), weights(killed / output)
+        assert straight.keys() == resumed.keys()
+        for name in straight:
+            assert torch.equal(straight[name], resumed[name]), f"{output}: {name}"
+    steps = [r["step"] for r in read_jsonl(killed / "ppo" / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4]  # the resumed run's records replace, not repeat
 
 

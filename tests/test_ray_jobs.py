@@ -111,3 +111,14 @@ def test_submit_refuses_a_stage_whose_inputs_are_not_done(ray_head, tmp_path):
     refused = rlhf("submit", "rm", "--run-dir", str(tmp_path / "empty"), "--address", ray_head, check=False)
     assert refused.returncode == 2
     assert "stage rm needs stage sft done with this config" in refused.stderr
+
+
+def test_run_with_an_address_chains_the_stages_as_jobs(ray_head, tmp_path):
+    run_dir = tmp_path / "run"
+    result = rlhf("run", "--run-dir", str(run_dir), "--address", ray_head, "--stages", "pretrain",
+                  "--set", "world.corpus_docs=300", "--set", "pretrain.max_steps=5")
+    record = json.loads((run_dir / "manifest.json").read_text())["stages"]["pretrain"]
+    assert record["status"] == "done" and record["job_id"].startswith("rlhf-pretrain-")
+    assert f"pretrain: Ray job {record['job_id']}" in result.stdout
+    assert "train_runtime" in result.stdout  # the job's output, followed to the terminal
+    assert (run_dir / "pretrain" / "model" / "config.json").exists()

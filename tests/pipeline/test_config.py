@@ -82,3 +82,14 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
         "checkpoint_every, log_every, pretrain_mix"
     ]
     assert not run_dir.exists()
+
+
+def test_stages_whose_inputs_are_not_done_are_refused_before_anything_starts(tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--run-dir", str(run_dir), "--stages", "ppo"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --stages ppo: stage ppo needs sft, which is not done with this config"
+    assert not run_dir.exists()

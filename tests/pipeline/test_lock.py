@@ -41,3 +41,11 @@ def test_a_stage_started_by_the_holder_inherits_the_lock(tmp_path, holder, monke
     monkeypatch.setenv(LOCK_ENV, str(holder.pid + 1))
     with pytest.raises(InputError, match="is in use by"):
         RunLock(tmp_path).acquire()
+
+
+def test_rlhf_run_on_a_directory_in_use_is_refused(tmp_path, holder):
+    result = subprocess.run([sys.executable, "-m", "pipeline", "run", "--run-dir", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"error: run directory {tmp_path} is in use by pid {holder.pid}" in result.stderr
+    assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "config.yaml").exists()

@@ -18,6 +18,23 @@ from pathlib import Path
 from pipeline.errors import InputError
 
 LOCK_ENV = "RLHF_RUN_LOCK"
+PARENT_ENV = "RLHF_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """In a stage that `rlhf run` started (RLHF_PARENT_PID): take SIGKILL when that process dies, even
+    by SIGKILL, so that no orphaned stage goes on writing into the run directory that
+    `rlhf run --resume` then takes over (Linux; elsewhere a no-op)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(parent):  # the parent died before the request above took effect
+        os._exit(1)
 
 
 class RunLock:

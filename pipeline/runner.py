@@ -8,7 +8,6 @@ to the terminal and to DIR/logs/<stage>.log.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pipeline.config import Config, dump_config, load_config
 from pipeline.errors import EXIT_BAD_INPUT, InputError
 from pipeline.files import atomic_write_text
 from pipeline.graph import STAGE_NAMES, enabled_stages, fingerprints, inputs_of
-from pipeline.lock import RunLock
+from pipeline.lock import PARENT_ENV, RunLock
 from pipeline.ray_env import set_worker_env
 from pipeline.run_dir import DONE, RunDir
 
@@ -57,24 +56,14 @@ def start_local_ray(config: Config) -> str:
     return context.address_info["gcs_address"]
 
 
-def _die_with_parent() -> None:
-    """In the stage's process: take SIGKILL when `rlhf run` dies, even by SIGKILL, so that no orphaned
-    stage goes on writing into the run directory that `rlhf run --resume` takes over (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def run_stage_process(stage: str, config_path: Path, run_dir: RunDir, ray_address: str) -> int:
     """Run one stage as a child process, teeing its output to DIR/logs/<stage>.log."""
     log_path = run_dir.log_path(stage)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", f"stages.{stage}", "--config", str(config_path), "--run-dir", str(run_dir.root)]
-    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
     with open(log_path, "a") as log, subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1, preexec_fn=_die_with_parent
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1
     ) as process:
         for line in process.stdout:
             sys.stdout.write(line)

@@ -17,7 +17,7 @@ from pipeline.config import Config, dump_config, load_config
 from pipeline.errors import EXIT_BAD_INPUT, InputError
 from pipeline.files import atomic_write_text
 from pipeline.graph import fingerprints, require_inputs
-from pipeline.lock import RunLock
+from pipeline.lock import RunLock, die_with_parent
 from pipeline.run_dir import DONE, FAILED, RUNNING, RunDir
 
 
@@ -49,6 +49,7 @@ def prepare(stage: str, config: Config, run_dir: RunDir) -> tuple[str, bool]:
 
 
 def run_stage(stage: str, body: StageFn, argv: list[str] | None = None) -> None:
+    die_with_parent()
     args = parse_args(stage, argv)
     run_dir = RunDir(args.run_dir)
     lock = RunLock(run_dir.root)

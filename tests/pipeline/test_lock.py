@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -49,3 +50,35 @@ def test_rlhf_run_on_a_directory_in_use_is_refused(tmp_path, holder):
     assert result.returncode == 2
     assert f"error: run directory {tmp_path} is in use by pid {holder.pid}" in result.stderr
     assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "config.yaml").exists()
+
+
+CHILD = "import sys, time; from pipeline.lock import die_with_parent; die_with_parent(); open(sys.argv[1], 'w').close(); time.sleep(60)"
+PARENT = (
+    "import os, subprocess, sys, time; "
+    "child = subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]], env={**os.environ, 'RLHF_PARENT_PID': str(os.getpid())}); "
+    "print(child.pid, flush=True); time.sleep(60)"
+)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return not any(line.startswith("State:") and "Z" in line for line in status)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_a_stage_dies_with_the_rlhf_run_that_started_it(tmp_path):
+    ready = tmp_path / "ready"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, str(ready)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    deadline = time.time() + 30
+    while not ready.exists():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    while alive(child):
+        assert time.time() < deadline, "the stage outlived the run that started it"
+        time.sleep(0.05)

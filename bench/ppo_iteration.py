@@ -94,7 +94,7 @@ def main() -> None:
             f"ppo.episodes_per_iteration={args.episodes}", f"ppo.max_new_tokens={args.new_tokens}", "ppo.fixed_length=true",
             "ppo.minibatches=2", "ppo.ppo_epochs=2", "deepspeed.zero_stage=2",
         ])
-        job = PPOJob(config=config, run_dir=str(root / "run"), actor=str(root / "actor"), reference=str(root / "actor"),
+        job = PPOJob(config=config, run_dir=str(root / "run"), stage="ppo", actor=str(root / "actor"), reference=str(root / "actor"),
                      reward_model=str(root / "rm"), critic=str(root / "rm"), tokenizer=str(root / "actor"),
                      prompts=[e.prompt for e in world.train_examples(1000, "bench")], validation_prompts=[],
                      pretraining=world.corpus(2000), tasks=None)

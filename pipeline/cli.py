@@ -31,6 +31,12 @@ def _submit(args: argparse.Namespace) -> None:
     print(submit_stage(args.stage, config, run, args.address))
 
 
+def _report(args: argparse.Namespace) -> None:
+    from pipeline.report import build_report
+
+    print(build_report(args.run_dir))
+
+
 def _logs(args: argparse.Namespace) -> None:
     from pipeline.jobs import print_logs
 
@@ -63,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--address", default="http://127.0.0.1:8265", help="Ray job server (default: %(default)s)")
     submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     submit.set_defaults(func=_submit)
+
+    report = commands.add_parser("report", help="rebuild DIR/eval/report.md and summary.json from a run directory")
+    report.add_argument("run_dir")
+    report.set_defaults(func=_report)
 
     logs = commands.add_parser("logs", help="show a stage's output (its Ray job's logs, or the local log)")
     logs.add_argument("run_dir")

@@ -220,6 +220,13 @@ class PPOSection(Section):
         return self
 
 
+class EvalSection(Section):
+    compare_without_ptx: bool = Field(
+        True, description="Also run PPO without the pretraining mix (stage ppo_no_ptx) to show what ptx saves."
+    )
+    corpus_docs: int = Field(256, ge=1, description="Held-out pretraining documents for the LM loss (the alignment tax).")
+
+
 class DeepSpeedSection(Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage.")
     offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO-Offload).")
@@ -256,6 +263,7 @@ class Config(Section):
     sample: SampleSection = Field(default_factory=SampleSection)
     rm: RMSection = Field(default_factory=RMSection)
     ppo: PPOSection = Field(default_factory=PPOSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     ray: RaySection = Field(default_factory=RaySection)
 

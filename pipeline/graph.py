@@ -29,6 +29,10 @@ class Stage:
     input_replaced: Callable[[Config, str], bool] = lambda config, name: False
 
 
+def _ppo_input_replaced(config: Config, name: str) -> bool:
+    return (config.ppo.actor if name == "sft" else config.ppo.reward_model) is not None
+
+
 STAGES: tuple[Stage, ...] = (
     # pretrain builds the tiny world's base model; a real base model (model.name_or_path) skips it
     Stage("pretrain", (), ("model", "world", "data.pretrain", "pretrain"), lambda c: c.model.name_or_path is None),
@@ -36,12 +40,16 @@ STAGES: tuple[Stage, ...] = (
     # sample draws K candidates per prompt from the SFT policy and has them ranked; a rankings file skips it
     Stage("sample", ("sft",), ("world", "sample"), lambda c: c.data.rankings is None),
     Stage("rm", ("sft", "sample"), ("world", "data.sft", "data.rankings", "rm")),
+    Stage("ppo", ("sft", "rm"), ("world", "data.pretrain", "ppo"), input_replaced=_ppo_input_replaced),
+    # the same PPO without the pretraining mix, for the eval stage's comparison
     Stage(
-        "ppo",
+        "ppo_no_ptx",
         ("sft", "rm"),
         ("world", "data.pretrain", "ppo"),
-        input_replaced=lambda c, name: (c.ppo.actor if name == "sft" else c.ppo.reward_model) is not None,
+        lambda c: c.eval.compare_without_ptx,
+        input_replaced=_ppo_input_replaced,
     ),
+    Stage("eval", ("pretrain", "sft", "rm", "ppo", "ppo_no_ptx"), ("world", "eval")),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 

@@ -53,6 +53,29 @@ def submit_stage(stage: str, config: Config, run: RunDir, address: str, lock_hol
     return job_id
 
 
+def job_status(address: str, job_id: str) -> str:
+    """The job's status, or UNKNOWN when the cluster does not know it (e.g. a new cluster)."""
+    jobs = client(address)
+    try:
+        return str(jobs.get_job_status(job_id).value)
+    except RuntimeError:
+        return "UNKNOWN"
+
+
+def stop_job(address: str, job_id: str, timeout: float = 120.0) -> bool:
+    """Stop the job if it is still pending or running and wait until it has ended; True if it was."""
+    import time
+
+    if job_status(address, job_id) not in ("PENDING", "RUNNING"):
+        return False
+    jobs = client(address)
+    jobs.stop_job(job_id)
+    deadline = time.time() + timeout
+    while job_status(address, job_id) not in TERMINAL + ("UNKNOWN",) and time.time() < deadline:
+        time.sleep(1)
+    return True
+
+
 def follow_job(address: str, job_id: str) -> str:
     """Print the job's output as it comes until the job ends; returns its final status."""
     jobs = client(address)
@@ -63,7 +86,7 @@ def follow_job(address: str, job_id: str) -> str:
             sys.stdout.flush()
 
     asyncio.run(tail())
-    return str(jobs.get_job_status(job_id).value)
+    return job_status(address, job_id)
 
 
 def print_logs(run_dir: str, stage: str, follow: bool) -> None:

@@ -72,9 +72,14 @@ def run_stage_process(stage: str, config_path: Path, run_dir: RunDir, ray_addres
 
 
 def run_stage_job(stage: str, config: Config, run_dir: RunDir, address: str) -> int:
-    """Run one stage as a Ray job on the cluster at `address`, printing its output; 0 if it succeeded."""
-    from pipeline.jobs import SUCCEEDED, follow_job, submit_stage
+    """Run one stage as a Ray job on the cluster at `address`, printing its output; 0 if it succeeded.
+    A job of this stage still running there, left by a driver that died, is stopped first: it carries
+    that driver's lock, and the new job resumes from the stage's latest complete checkpoint."""
+    from pipeline.jobs import SUCCEEDED, follow_job, stop_job, submit_stage
 
+    record = run_dir.stage_record(stage)
+    if record.get("job_id") and record.get("job_address") == address and stop_job(address, record["job_id"]):
+        print(f"[rlhf] {stage}: stopped Ray job {record['job_id']}, left running by a driver that is gone", flush=True)
     job_id = submit_stage(stage, config, run_dir, address, lock_holder=os.getpid())
     print(f"[rlhf] {stage}: Ray job {job_id} at {address}", flush=True)
     status = follow_job(address, job_id)
@@ -143,3 +148,15 @@ def print_summary(run: RunDir, stages: list[str]) -> None:
             f"PPO {ppo['heldout_true_score']:.3f}, sampled {ppo['reference/heldout_sampled_true_score']:.3f} -> "
             f"{ppo['heldout_sampled_true_score']:.3f}, KL to SFT {ppo['heldout_kl_to_reference']:.2f}"
         )
+    evaluated = manifest.get("eval", {}).get("metrics", {})
+    if "ppo/win_rate_vs_sft" in evaluated:
+        line = (f"  PPO-ptx beats SFT on {100 * evaluated['ppo/win_rate_vs_sft']:.0f}% of held-out prompts "
+                f"(95% interval {100 * evaluated['ppo/win_rate_low']:.0f}-{100 * evaluated['ppo/win_rate_high']:.0f}%)")
+        if "ppo_no_ptx/lm_loss" in evaluated:
+            sft_loss = evaluated["sft/lm_loss"]
+            line += (f"; pretraining LM loss vs SFT: {evaluated['ppo/lm_loss'] - sft_loss:+.4f} with ptx, "
+                     f"{evaluated['ppo_no_ptx/lm_loss'] - sft_loss:+.4f} without")
+        print(line)
+    from pipeline.report import build_report
+
+    print(f"  report: {build_report(run.root)} (rebuild with: rlhf report {run.root})")

@@ -11,6 +11,8 @@ HEADLINE = {
     "sample": "sample/annotator_agreement",
     "rm": "rm/heldout_accuracy",
     "ppo": "heldout_true_score",
+    "ppo_no_ptx": "heldout_true_score",
+    "eval": "ppo/win_rate_vs_sft",
 }
 
 

@@ -43,16 +43,17 @@ class WinRate:
 
 
 def win_rate(scores: Sequence[float], baseline_scores: Sequence[float], z: float = 1.96) -> WinRate:
-    """How often a policy beats a baseline on the same prompts: a win is 1, a tie 1/2, a loss 0; the
-    interval is the normal approximation of that paired mean (mean +- z * sd / sqrt(n))."""
+    """How often a policy beats a baseline on the same prompts: a win is 1, a tie 1/2, a loss 0. The
+    interval is Wilson's score interval for that rate over n prompts, which stays honest at rates
+    near 0 or 1 (the normal approximation collapses to a point there)."""
     if len(scores) != len(baseline_scores) or not scores:
         raise ValueError(f"win_rate needs two equally long, non-empty score lists, got {len(scores)} and {len(baseline_scores)}")
-    outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores)]
-    n = len(outcomes)
-    mean = sum(outcomes) / n
-    sd = math.sqrt(sum((o - mean) ** 2 for o in outcomes) / (n - 1)) if n > 1 else 0.0
-    margin = z * sd / math.sqrt(n)
-    return WinRate(mean, max(0.0, mean - margin), min(1.0, mean + margin), n)
+    n = len(scores)
+    rate = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores)) / n
+    denominator = 1 + z * z / n
+    center = (rate + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denominator
+    return WinRate(rate, max(0.0, center - half), min(1.0, center + half), n)
 
 
 def calibration_bins(predicted: Sequence[float], observed: Sequence[float], bins: int = 5) -> list[tuple[float, float, int]]:

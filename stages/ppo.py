@@ -23,7 +23,7 @@ from stages.data import make_world, pretraining_text, prompts_from_file
 from stages.entry import StageResult, run_stage
 from stages.evaluation import policy_report
 from stages.modeling import check_model_dir, load_tokenizer, tokenizer_path
-from stages.ppo_trainer import BEST_DIR, STAGE, PPOJob, worker
+from stages.ppo_trainer import BEST_DIR, PPOJob, worker
 from stages.ray_train import run_on_workers
 
 
@@ -61,7 +61,10 @@ def prompt_pools(config: Config, tokenizer) -> tuple[list[str], list[str], dict 
     return prompts[ppo.validation_prompts :], prompts[: ppo.validation_prompts], tasks
 
 
-def ppo(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
+STAGE = "ppo"
+
+
+def ppo(config: Config, run_dir: RunDir, resume: bool, stage: str = STAGE) -> StageResult:
     # 1. models, tokenizer, prompts, pretraining text: checked before Ray starts
     if config.ppo.ema_decay is not None and config.deepspeed.zero_stage == 3:
         raise InputError("ppo.ema_decay: the EMA needs every rank to hold the full weights; use deepspeed.zero_stage 0-2 or drop it")
@@ -76,23 +79,23 @@ def ppo(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     prompts, validation, tasks = prompt_pools(config, tokenizer)
     pretraining = pretraining_text(config.data.pretrain, config.world)["text"] if config.ppo.ptx_coef > 0 else []
     # 2. train on the Ray workers
-    job = PPOJob(config=config, run_dir=str(run_dir.root), tokenizer=str(tokenizer_dir), prompts=prompts,
+    job = PPOJob(config=config, run_dir=str(run_dir.root), stage=stage, tokenizer=str(tokenizer_dir), prompts=prompts,
                  validation_prompts=validation, pretraining=pretraining, tasks=tasks, **paths)
-    run_on_workers(config.ray, worker, {"job": job}, name=STAGE, storage=run_dir.stage_dir(STAGE) / "ray")
+    run_on_workers(config.ray, worker, {"job": job}, name=stage, storage=run_dir.stage_dir(stage) / "ray")
     # 3. DIR/ppo/model: the best policy within the KL budget, else the last one
-    stage_dir = run_dir.stage_dir(STAGE)
+    stage_dir = run_dir.stage_dir(stage)
     chosen = stage_dir / BEST_DIR if (stage_dir / BEST_DIR).is_dir() else stage_dir / "final"
     shutil.rmtree(stage_dir / "model.tmp", ignore_errors=True)
     shutil.copytree(chosen, stage_dir / "model.tmp")
-    publish_dir(stage_dir / "model.tmp", run_dir.model_dir(STAGE))
+    publish_dir(stage_dir / "model.tmp", run_dir.model_dir(stage))
     training = json.loads((stage_dir / "training.json").read_text())
     metrics = {f"ppo/{k}": float(v) for k, v in training.items()}
     # 4. on the tiny world: what RLHF did, on held-out prompts
     if config.ppo.prompts is None:
-        metrics.update(policy_report(run_dir.model_dir(STAGE), paths["reference"], config.world, config.run.seed))
+        metrics.update(policy_report(run_dir.model_dir(stage), paths["reference"], config.world, config.run.seed))
         reference = policy_report(paths["reference"], paths["reference"], config.world, config.run.seed)
         metrics.update({f"reference/{k}": v for k, v in reference.items() if not k.startswith("reference/")})
-    return StageResult(outputs={"model": f"{STAGE}/model", "final": f"{STAGE}/final"}, metrics=metrics)
+    return StageResult(outputs={"model": f"{stage}/model", "final": f"{stage}/final"}, metrics=metrics)
 
 
 def main(argv: list[str] | None = None) -> None:

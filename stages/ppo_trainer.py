@@ -54,7 +54,6 @@ from stages.reward_model import BIAS_KEY, sequence_scores, token_scores
 from stages.rollout import HFRollout, RolloutBatch
 from tiny_world import Task, true_score
 
-STAGE = "ppo"
 BEST_DIR = "best"
 
 
@@ -64,6 +63,7 @@ class PPOJob:
 
     config: Config
     run_dir: str
+    stage: str  # "ppo", or "ppo_no_ptx" for the comparison run without the pretraining mix
     actor: str
     reference: str
     reward_model: str
@@ -204,12 +204,17 @@ class PPOTrainer:
 
     # ---- 2. scoring and 3. shaping -------------------------------------------------------------
 
+    def true_scores(self, batch: RolloutBatch, prompts: list[str]) -> torch.Tensor:
+        """The tiny world's true score of each decoded answer line (the oracle reward, and the honest
+        curve beside the reward model's: where they part, PPO games the reward model)."""
+        responses = torch.where(batch.response_mask, batch.sequences[:, batch.prompt_length :], self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        return torch.tensor([true_score(self.job.tasks[p], t.split("\n", 1)[0].strip()) for p, t in zip(prompts, texts)])
+
     @torch.no_grad()
     def scores(self, batch: RolloutBatch, prompts: list[str]) -> torch.Tensor:
-        if self.reward_model is None:  # the oracle: the tiny world's true score of the decoded answer line
-            responses = torch.where(batch.response_mask, batch.sequences[:, batch.prompt_length :], self.tokenizer.pad_token_id)
-            texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-            scores = torch.tensor([true_score(self.job.tasks[p], t.split("\n", 1)[0].strip()) for p, t in zip(prompts, texts)])
+        if self.reward_model is None:
+            scores = self.true_scores(batch, prompts)
         else:
             scores = sequence_scores(self.reward_model, batch.sequences, batch.attention_mask).float() + self.reward_bias
         if self.ppo.missing_eos_penalty is not None:
@@ -239,6 +244,8 @@ class PPOTrainer:
             "response_length": mask.sum(-1).float().mean().item(),
             "ended": batch.ended.float().mean().item(),
         }
+        if self.job.tasks is not None:
+            metrics["true_score"] = self.true_scores(batch, prompts).mean().item()
         return Experience(batch, values, returns, masked_whiten(advantages, mask)), metrics
 
     # ---- 4. learning ---------------------------------------------------------------------------
@@ -340,7 +347,7 @@ class PPOTrainer:
         shutil.rmtree(adapter)
 
     def save_checkpoint(self, iteration: int) -> None:
-        checkpoints = self.run_dir.checkpoints_dir(STAGE)
+        checkpoints = self.run_dir.checkpoints_dir(self.job.stage)
         folder = checkpoints / f"iteration-{iteration}"
         self.actor.save_checkpoint(str(folder), tag="actor", save_latest=False)
         self.critic.save_checkpoint(str(folder), tag="critic", save_latest=False)
@@ -362,7 +369,7 @@ class PPOTrainer:
                     shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self) -> None:
-        folder = latest_checkpoint(self.run_dir.checkpoints_dir(STAGE))
+        folder = latest_checkpoint(self.run_dir.checkpoints_dir(self.job.stage))
         if folder is None:
             return
         self.actor.load_checkpoint(str(folder), tag="actor")
@@ -375,12 +382,12 @@ class PPOTrainer:
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         if self.rank == 0:
-            truncate_metrics(self.run_dir.metrics_path(STAGE), self.iteration)
+            truncate_metrics(self.run_dir.metrics_path(self.job.stage), self.iteration)
 
     def log(self, record: dict[str, float], writer) -> None:
         if self.rank != 0:
             return
-        append_jsonl(self.run_dir.metrics_path(STAGE), record)
+        append_jsonl(self.run_dir.metrics_path(self.job.stage), record)
         for name, value in record.items():
             if name != "step":
                 writer.add_scalar(name, value, record["step"])
@@ -392,7 +399,7 @@ class PPOTrainer:
         ppo = self.ppo
         self.load_checkpoint()
         fault_iteration = int(os.environ.get(FAULT_ENV, "0"))
-        writer = SummaryWriter(str(self.run_dir.tensorboard_dir(STAGE))) if self.rank == 0 else None
+        writer = SummaryWriter(str(self.run_dir.tensorboard_dir(self.job.stage))) if self.rank == 0 else None
         progress = tqdm(total=ppo.iterations, initial=self.iteration, desc="ppo", disable=self.rank != 0)
         while self.iteration < ppo.iterations and not self.over_budget:
             iteration = self.iteration
@@ -424,23 +431,23 @@ class PPOTrainer:
                 record["ppo/validation_score"] = validation
                 if not self.over_budget and validation > self.best_score:
                     self.best_score = validation
-                    self.save_model(self.run_dir.stage_dir(STAGE) / BEST_DIR)
+                    self.save_model(self.run_dir.stage_dir(self.job.stage) / BEST_DIR)
             self.log(record, writer)
             progress.update(1)
             progress.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.2f}")
             if self.iteration % ppo.checkpoint_every == 0 or self.iteration == ppo.iterations:
                 self.save_checkpoint(self.iteration)
                 if self.rank == 0 and self.iteration == fault_iteration:
-                    inject_fault_once(self.run_dir.stage_dir(STAGE))
+                    inject_fault_once(self.run_dir.stage_dir(self.job.stage))
         progress.close()
         if writer is not None:
             writer.close()
-        self.save_model(self.run_dir.stage_dir(STAGE) / "final")
+        self.save_model(self.run_dir.stage_dir(self.job.stage) / "final")
         if self.rank == 0:
             summary = {"iterations": self.iteration, "stopped_by_kl_budget": float(self.over_budget)}
             if self.best_score > -math.inf:
                 summary["best_validation_score"] = self.best_score
-            atomic_write_json(self.run_dir.stage_dir(STAGE) / "training.json", summary)
+            atomic_write_json(self.run_dir.stage_dir(self.job.stage) / "training.json", summary)
 
 
 def worker(loop_config: dict) -> None:

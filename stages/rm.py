@@ -15,14 +15,15 @@ import json
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.files import append_jsonl, read_jsonl
+from pipeline.files import append_jsonl, atomic_write_json, read_jsonl
 from pipeline.run_dir import RunDir
 from stages.data import sft_dataset
 from stages.entry import StageResult, run_stage
 from stages.modeling import check_model_dir, load_tokenizer, tokenizer_path
 from stages.reward_model import reward_text
 from stages.rm_data import RankingGroup, load_rankings, split_by_prompt
-from stages.rm_eval import label_metrics, world_metrics
+from stages.eval_metrics import calibration_bins
+from stages.rm_eval import calibration_pairs, label_metrics, world_metrics
 from stages.rm_training import SCORES_FILE, STAGE, RMJob, train_rm
 from stages.sample import world_tasks
 
@@ -69,6 +70,9 @@ def rm(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     metrics = {"rm/train_prompts": len(train), "rm/heldout_prompts": len(heldout), "rm/bias": scored["bias"]}
     if heldout:
         metrics.update(label_metrics(heldout, scores, config.rm.margin))
+        bins = calibration_bins(*calibration_pairs(heldout, scores))
+        atomic_write_json(run_dir.stage_dir(STAGE) / "calibration.json",
+                          [{"predicted": p, "observed": o, "pairs": n} for p, o, n in bins])
         if config.data.rankings is None:
             metrics.update(world_metrics(heldout, scores, world_tasks(path)))
     log_final_metrics(run_dir, metrics)

@@ -11,6 +11,7 @@ A tie in score counts half a correct answer.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from itertools import combinations
@@ -48,6 +49,8 @@ def label_metrics(groups: Sequence[RankingGroup], scores: Sequence[Sequence[floa
             hit = _agreement(group_scores[w], group_scores[l])
             tally.add("rm/heldout_accuracy", hit)
             tally.add(f"rm/heldout_accuracy/k{len(group.responses)}", hit)
+            if group.annotator_id is not None:
+                tally.add(f"rm/heldout_accuracy/annotator/{group.annotator_id}", hit)
             chosen.append(group_scores[w])
             rejected.append(group_scores[l])
     loss = ranking_loss([torch.tensor(s, dtype=torch.float64) for s in scores], [g.tiers for g in groups], margin).loss
@@ -58,6 +61,19 @@ def label_metrics(groups: Sequence[RankingGroup], scores: Sequence[Sequence[floa
         "rm/heldout_chosen_reward": sum(chosen) / len(chosen),
         "rm/heldout_rejected_reward": sum(rejected) / len(rejected),
     }
+
+
+def calibration_pairs(groups: Sequence[RankingGroup], scores: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
+    """For every strictly ordered pair (i, j), i < j in candidate order: the reward model's predicted
+    probability that i is preferred, sigmoid(r_i - r_j), and whether the label prefers it (1 or 0)."""
+    predicted, observed = [], []
+    for group, group_scores in zip(groups, scores, strict=True):
+        better = set(strict_pairs(group.tiers))
+        for i, j in combinations(range(len(group.responses)), 2):
+            if (i, j) in better or (j, i) in better:
+                predicted.append(1.0 / (1.0 + math.exp(group_scores[j] - group_scores[i])))
+                observed.append(1.0 if (i, j) in better else 0.0)
+    return predicted, observed
 
 
 def world_metrics(groups: Sequence[RankingGroup], scores: Sequence[Sequence[float]], tasks: dict[str, Task]) -> dict[str, float]:

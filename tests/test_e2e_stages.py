@@ -104,7 +104,7 @@ def test_resume_of_a_finished_run_reruns_nothing_and_status_shows_it(zero3_run):
     run_dir, _ = zero3_run
     before = (run_dir / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
     again = run(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--resume", "--set", "deepspeed.zero_stage=3", *sum((["--set", s] for s in QUICK), [])])
-    for stage in ("pretrain", "sft", "sample", "rm", "ppo"):
+    for stage in ("pretrain", "sft", "sample", "rm", "ppo", "ppo_no_ptx", "eval"):
         assert f"{stage}: done with this config, skipped" in again.stdout
     assert (run_dir / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == before
     refused = run(["-m", "pipeline", "run", "--run-dir", str(run_dir)], check=False)
@@ -183,6 +183,21 @@ def test_zero3_ppo_policy_loads_generates_and_reports(zero3_run):
     model = AutoModelForCausalLM.from_pretrained(run_dir / "ppo" / "model", local_files_only=True)
     [response] = generate(model, load_tokenizer(run_dir / "ppo" / "model"), [TinyWorld().heldout_examples(1)[0].prompt])
     assert isinstance(response, str)
+
+
+def test_eval_stage_reports_every_policy_with_tables_and_plots(zero3_run):
+    run_dir, stdout = zero3_run
+    policies = json.loads((run_dir / "eval" / "policies.json").read_text())
+    assert sorted(policies) == ["base", "ppo", "ppo_no_ptx", "sft"]
+    assert policies["sft"]["win_rate_vs_sft"] == 0.5 and policies["sft"]["kl_to_sft"] == pytest.approx(0.0, abs=1e-4)
+    for policy in policies.values():
+        assert 0.0 <= policy["true_score"] <= 1.5 and 0.0 <= policy["rouge_l"] <= 1.0
+        assert policy["win_rate_low"] <= policy["win_rate_vs_sft"] <= policy["win_rate_high"]
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    report = (run_dir / "eval" / "report.md").read_text()
+    for name in ("ppo_curves", "rm_vs_true_score", "policies", "rm_calibration", "stage_times"):
+        assert summary["plots"][name] in report and (run_dir / "eval" / summary["plots"][name]).stat().st_size > 1000
+    assert "PPO-ptx beats SFT on" in stdout and f"report: {run_dir / 'eval' / 'report.md'}" in stdout
 
 
 def weights(path):

@@ -122,3 +122,26 @@ def test_run_with_an_address_chains_the_stages_as_jobs(ray_head, tmp_path):
     assert f"pretrain: Ray job {record['job_id']}" in result.stdout
     assert "train_runtime" in result.stdout  # the job's output, followed to the terminal
     assert (run_dir / "pretrain" / "model" / "config.json").exists()
+
+
+def test_a_resumed_run_replaces_the_job_its_killed_driver_left_running(ray_head, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["-m", "pipeline", "run", "--run-dir", str(run_dir), "--address", ray_head, "--stages", "pretrain", "--resume",
+            "--set", "world.corpus_docs=300", "--set", "pretrain.max_steps=40"]
+    driver = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = run_dir / "manifest.json"
+    deadline = time.time() + 120
+    while not (manifest.exists() and json.loads(manifest.read_text())["stages"].get("pretrain", {}).get("job_id")):
+        assert driver.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    job_id = json.loads(manifest.read_text())["stages"]["pretrain"]["job_id"]
+    resumed = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"stopped Ray job {job_id}, left running by a driver that is gone" in resumed.stdout
+    record = json.loads(manifest.read_text())["stages"]["pretrain"]
+    assert record["status"] == "done" and record["job_id"] != job_id
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    assert JobSubmissionClient(ray_head).get_job_status(job_id) == JobStatus.STOPPED  # one job at a time

@@ -16,7 +16,7 @@ def test_fingerprint_changes_with_the_stage_config_and_flows_downstream():
 
 def test_a_pretrained_base_model_skips_pretrain():
     config = load_config(None, ["model.name_or_path=/models/base"])
-    assert [s.name for s in enabled_stages(config)] == ["sft", "sample", "rm", "ppo"]
+    assert [s.name for s in enabled_stages(config)] == ["sft", "sample", "rm", "ppo", "ppo_no_ptx", "eval"]
     assert inputs_of("sft", config) == []
     assert inputs_of("sft", load_config(None)) == ["pretrain"]
 
@@ -28,11 +28,12 @@ def test_a_rankings_file_skips_sampling_and_an_rm_change_reruns_only_rm():
     assert inputs_of("rm", load_config(None)) == ["sft", "sample"]
     base = fingerprints(load_config(None))
     rm_changed = fingerprints(load_config(None, ["rm.lr=1e-4"]))
-    assert [s for s in base if base[s] != rm_changed[s]] == ["rm", "ppo"]
+    assert [s for s in base if base[s] != rm_changed[s]] == ["rm", "ppo", "ppo_no_ptx", "eval"]
     sample_changed = fingerprints(load_config(None, ["sample.k=6"]))
-    assert [s for s in base if base[s] != sample_changed[s]] == ["sample", "rm", "ppo"]
+    assert [s for s in base if base[s] != sample_changed[s]] == ["sample", "rm", "ppo", "ppo_no_ptx", "eval"]
     ppo_changed = fingerprints(load_config(None, ["ppo.kl_coef=0.05"]))
-    assert [s for s in base if base[s] != ppo_changed[s]] == ["ppo"]
+    assert [s for s in base if base[s] != ppo_changed[s]] == ["ppo", "ppo_no_ptx", "eval"]
+    assert "ppo_no_ptx" not in fingerprints(load_config(None, ["eval.compare_without_ptx=false"]))
 
 
 def test_ppo_on_models_given_as_paths_needs_no_pipeline_stage():

@@ -14,15 +14,15 @@ def test_natural_instructions_exact_match_and_rouge_l():
     assert rouge_l("the cat runs", ["a dog", "the cat runs"]) == 1.0  # the best reference counts
 
 
-def test_win_rate_counts_ties_half_and_its_interval_shrinks_with_n():
+def test_win_rate_counts_ties_half_with_wilson_intervals():
     result = win_rate([1.0, 0.5, 0.2, 0.7], [0.5, 0.5, 0.3, 0.1])  # win, tie, loss, win
     assert result.rate == pytest.approx(2.5 / 4) and result.n == 4
-    assert result.low < result.rate < result.high
-    # outcomes 1, .5, 0, 1: sd = sqrt(((.375)^2 + (.125)^2 + (.625)^2 + (.375)^2) / 3) = 0.4787
-    assert result.rate - result.low == pytest.approx(1.96 * 0.4787 / 2, abs=1e-3)  # the high end is clipped at 1
+    # Wilson, z = 1.96, n = 4, p = 0.625: centre 0.56376, half-width 0.34433
+    assert (result.low, result.high) == (pytest.approx(0.21943, abs=1e-4), pytest.approx(0.90809, abs=1e-4))
     many = win_rate([1.0, 0.5, 0.2, 0.7] * 25, [0.5, 0.5, 0.3, 0.1] * 25)
     assert many.rate == pytest.approx(0.625) and many.high - many.low < result.high - result.low
-    assert win_rate([1.0] * 10, [0.0] * 10).low == 1.0
+    sweep = win_rate([1.0] * 10, [0.0] * 10)  # ten wins of ten: the interval still has width
+    assert sweep.rate == 1.0 and sweep.low == pytest.approx(0.72245, abs=1e-4) and sweep.high == 1.0
     with pytest.raises(ValueError, match="equally long"):
         win_rate([1.0], [])
 

@@ -49,7 +49,7 @@ def make_trainer(models, run_dir, *overrides):
     ])
     world = TinyWorld()
     prompts = [e.prompt for e in world.train_examples(16, "ppo")]
-    job = PPOJob(config=config, run_dir=str(run_dir), actor=str(models / "actor"), reference=str(models / "actor"),
+    job = PPOJob(config=config, run_dir=str(run_dir), stage="ppo", actor=str(models / "actor"), reference=str(models / "actor"),
                  reward_model=str(models / "rm"), critic=str(models / "rm"), tokenizer=str(models / "actor"),
                  prompts=prompts, validation_prompts=[], pretraining=world.corpus(50), tasks=None)
     return PPOTrainer(job)

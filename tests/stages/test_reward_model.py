@@ -1,5 +1,7 @@
 """The reward model's scoring, the K-way collator and trainer loss, and the held-out diagnostics."""
 
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, GPT2Config, TrainingArguments
@@ -7,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, GPT2Config, Trainin
 from stages.modeling import peft_config
 from stages.reward_model import reward_text, score_texts, sequence_scores, token_scores
 from stages.rm_data import RankingGroup
-from stages.rm_eval import label_metrics, world_metrics
+from stages.rm_eval import calibration_pairs, label_metrics, world_metrics
 from stages.rm_math import ranking_loss
 from stages.rm_training import RankingCollator, RankingTrainer, score_on_all_ranks
 from pipeline.config import LoraSection
@@ -93,7 +95,7 @@ def test_scoring_on_all_ranks_keeps_the_order_in_one_process(model, tokenizer):
 
 
 def test_label_metrics_count_ties_as_half_and_split_by_k():
-    groups = [RankingGroup("p1", ("a", "b", "c", "d"), ((0,), (1, 2), (3,)), "g1"), RankingGroup("p2", ("a", "b"), ((1,), (0,)), "g2")]
+    groups = [RankingGroup("p1", ("a", "b", "c", "d"), ((0,), (1, 2), (3,)), "g1", "ann-1"), RankingGroup("p2", ("a", "b"), ((1,), (0,)), "g2", "ann-2")]
     scores = [[3.0, 2.0, 2.0, 2.0], [0.0, -1.0]]
     metrics = label_metrics(groups, scores)
     # g1 pairs: (0,1) (0,2) (0,3) (1,3) (2,3) -> 1, 1, 1, 0.5, 0.5 ; g2: (1,0) -> 0
@@ -101,6 +103,12 @@ def test_label_metrics_count_ties_as_half_and_split_by_k():
     assert metrics["rm/heldout_accuracy/k2"] == 0.0
     assert metrics["rm/heldout_accuracy"] == pytest.approx(4 / 6)
     assert metrics["rm/heldout_pairs"] == 6
+    assert metrics["rm/heldout_accuracy/annotator/ann-1"] == pytest.approx(4 / 5)
+    assert metrics["rm/heldout_accuracy/annotator/ann-2"] == 0.0
+    predicted, observed = calibration_pairs(groups, scores)
+    # g1 pairs (0,1) (0,2) (0,3) (1,3) (2,3), all labelled first-better; g2 (0,1) labelled second-better
+    assert observed == [1, 1, 1, 1, 1, 0]
+    assert predicted[0] == pytest.approx(1 / (1 + math.exp(-1.0))) and predicted[3] == 0.5 and predicted[5] == pytest.approx(1 / (1 + math.exp(-1.0)))
     assert metrics["rm/heldout_chosen_reward"] == pytest.approx((3 + 3 + 3 + 2 + 2 - 1) / 6)
     assert metrics["rm/heldout_rejected_reward"] == pytest.approx((2 + 2 + 2 + 2 + 2 + 0) / 6)
 

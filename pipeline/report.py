@@ -1,0 +1,193 @@
+"""The run's report, built from the manifest and the stages' metrics files alone (no model is
+loaded), so `rlhf report DIR` rebuilds it at any time and `rlhf run` ends with it:
+
+  DIR/eval/summary.json   every figure of the tables, machine-readable
+  DIR/eval/report.md      the tables, with PNG plots beside it (matplotlib)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InputError
+from pipeline.files import atomic_write_json, atomic_write_text, read_jsonl
+from pipeline.run_dir import RunDir
+
+FIGURE_SIZE = (8.0, 3.0)  # inches, at 100 dpi
+DPI = 100
+
+
+def _stage_rows(stages: dict[str, dict]) -> list[dict[str, Any]]:
+    from pipeline.graph import STAGE_NAMES
+
+    rows = []
+    for name in sorted(stages, key=lambda n: STAGE_NAMES.index(n) if n in STAGE_NAMES else len(STAGE_NAMES)):
+        record = stages[name]
+        duration = record["finished_at"] - record["started_at"] if "finished_at" in record and "started_at" in record else None
+        rows.append({"stage": name, "status": record.get("status"), "duration_s": duration, "job_id": record.get("job_id")})
+    return rows
+
+
+def _policy_table(ppo: dict[str, float]) -> list[dict[str, Any]]:
+    """SFT (the PPO reference) and PPO on the tiny world's held-out prompts."""
+    names = ("heldout_true_score", "heldout_sampled_true_score", "heldout_exact_match", "heldout_kl_to_reference",
+             "pretrain_heldout_lm_loss")
+    if "heldout_true_score" not in ppo:
+        return []
+    return [
+        {"policy": "SFT", **{n: ppo.get(f"reference/{n}", 0.0 if n == "heldout_kl_to_reference" else None) for n in names}},
+        {"policy": "PPO", **{n: ppo.get(n) for n in names}},
+    ]
+
+
+def _save(figure, path: Path) -> str:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    figure.savefig(tmp, dpi=DPI)
+    tmp.replace(path)
+    return path.name
+
+
+def _plots(run: RunDir, out: Path, stage_rows: list[dict], ppo: dict[str, float], evaluated: dict, calibration: list) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = {}
+    records = [r for r in read_jsonl(run.metrics_path("ppo")) if "ppo/score" in r]
+    if records:
+        steps = [r["step"] for r in records]
+        figure, axes = plt.subplots(1, 3, figsize=FIGURE_SIZE)
+        for axis, (key, title) in zip(axes, (("ppo/score", "reward-model score"), ("ppo/kl", "KL to SFT (nats)"), ("ppo/beta", "beta"))):
+            axis.plot(steps, [r[key] for r in records], marker=".")
+            axis.set_title(title, fontsize=9)
+            axis.set_xlabel("PPO iteration", fontsize=8)
+        figure.tight_layout()
+        plots["ppo_curves"] = _save(figure, out / "ppo_curves.png")
+        plt.close(figure)
+    families = sorted(k.split("/", 1)[1] for k in ppo if k.startswith("exact_match/"))
+    if families:
+        figure, axis = plt.subplots(figsize=FIGURE_SIZE)
+        width = 0.4
+        for offset, (label, prefix) in enumerate((("SFT", "reference/exact_match/"), ("PPO", "exact_match/"))):
+            axis.bar([i + offset * width for i in range(len(families))], [ppo.get(prefix + f, 0.0) for f in families], width, label=label)
+        axis.set_xticks([i + width / 2 for i in range(len(families))], families, fontsize=8)
+        axis.set_ylabel("held-out exact match", fontsize=8)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        plots["exact_match_by_task"] = _save(figure, out / "exact_match_by_task.png")
+        plt.close(figure)
+    scored = [r for r in records if "ppo/true_score" in r]
+    if scored:  # the over-optimisation curve: where the two part, the policy games the reward model
+        figure, axis = plt.subplots(figsize=FIGURE_SIZE)
+        axis.plot([r["step"] for r in scored], [r["ppo/score"] for r in scored], marker=".", label="reward-model score")
+        axis.plot([r["step"] for r in scored], [r["ppo/true_score"] for r in scored], marker=".", label="true score")
+        axis.set_xlabel("PPO iteration", fontsize=8)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        plots["rm_vs_true_score"] = _save(figure, out / "rm_vs_true_score.png")
+        plt.close(figure)
+    if evaluated:
+        figure, (left, right) = plt.subplots(1, 2, figsize=FIGURE_SIZE)
+        families = sorted(next(iter(evaluated.values()))["per_family"])
+        width = 0.8 / len(evaluated)
+        for k, (name, policy) in enumerate(evaluated.items()):
+            left.bar([i + k * width for i in range(len(families))], [policy["per_family"][f]["true_score"] for f in families], width, label=name)
+            right.hist(policy["true_scores"], bins=12, range=(0, 1.5), histtype="step", label=name)
+        left.set_xticks([i + 0.4 - width / 2 for i in range(len(families))], families, fontsize=7)
+        left.set_title("true score per task family", fontsize=9)
+        right.set_title("true score distribution (held-out)", fontsize=9)
+        left.legend(fontsize=7)
+        figure.tight_layout()
+        plots["policies"] = _save(figure, out / "policies.png")
+        plt.close(figure)
+    if calibration:
+        figure, axis = plt.subplots(figsize=FIGURE_SIZE)
+        axis.plot([0, 1], [0, 1], linestyle=":", color="grey")
+        axis.plot([b["predicted"] for b in calibration], [b["observed"] for b in calibration], marker="o")
+        axis.set_xlabel("reward model: P(first preferred)", fontsize=8)
+        axis.set_ylabel("labels: first preferred", fontsize=8)
+        figure.tight_layout()
+        plots["rm_calibration"] = _save(figure, out / "rm_calibration.png")
+        plt.close(figure)
+    timed = [r for r in stage_rows if r["duration_s"] is not None]
+    if timed:
+        figure, axis = plt.subplots(figsize=FIGURE_SIZE)
+        axis.barh([r["stage"] for r in timed][::-1], [r["duration_s"] for r in timed][::-1])
+        axis.set_xlabel("seconds", fontsize=8)
+        figure.tight_layout()
+        plots["stage_times"] = _save(figure, out / "stage_times.png")
+        plt.close(figure)
+    return plots
+
+
+def _read_json(path: Path, default):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write DIR/eval/summary.json, DIR/eval/report.md and its plots; returns the report's path."""
+    run = RunDir(run_dir)
+    if not run.manifest_path.exists():
+        raise InputError(f"{run.manifest_path} does not exist; is {run_dir} a run directory?")
+    stages = run.read_manifest()["stages"]
+    out = run.root / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    stage_rows = _stage_rows(stages)
+    rm = {k: v for k, v in stages.get("rm", {}).get("metrics", {}).items() if k.startswith("rm/")}
+    ppo = stages.get("ppo", {}).get("metrics", {})
+    policies = _policy_table(ppo)
+    evaluated = _read_json(out / "policies.json", {})
+    order = ("base", "sft", "ppo", "ppo_no_ptx")  # as the pipeline makes them
+    evaluated = {name: evaluated[name] for name in sorted(evaluated, key=lambda n: order.index(n) if n in order else len(order))}
+    calibration = _read_json(run.stage_dir("rm") / "calibration.json", [])
+    plots = _plots(run, out, stage_rows, ppo, evaluated, calibration)
+    summary = {"stages": stage_rows, "sft": stages.get("sft", {}).get("metrics", {}), "reward_model": rm,
+               "policies": policies, "ppo": ppo, "evaluation": {n: {k: v for k, v in p.items() if k != "true_scores"}
+                                                               for n, p in evaluated.items()},
+               "rm_calibration": calibration, "plots": plots}
+    atomic_write_json(out / "summary.json", summary)
+
+    parts = [f"# Run report: {run.root.name}\n", "## Stages\n", _table(stage_rows)]
+    if "stage_times" in plots:
+        parts.append(f"![time per stage]({plots['stage_times']})\n")
+    if rm:
+        parts += ["## Reward model (held-out prompts)\n", _table([{"metric": k, "value": v} for k, v in sorted(rm.items())])]
+    if evaluated:
+        columns = ("true_score", "win_rate_vs_sft", "win_rate_low", "win_rate_high", "exact_match", "rouge_l",
+                   "sampled_true_score", "kl_to_sft", "response_length", "lm_loss", "heldout_family_true_score")
+        rows = [{"policy": name, **{c: policy.get(c) for c in columns}} for name, policy in evaluated.items()]
+        parts += ["## Policies on held-out prompts (eval stage; true score 0 to 1.5, win rate by true score against SFT, 95% interval)\n",
+                  _table(rows)]
+        if "policies" in plots:
+            parts.append(f"![true score per task family and its distribution]({plots['policies']})\n")
+    elif policies:
+        parts += ["## Policies on held-out prompts (tiny world; true score 0 to 1.5)\n", _table(policies)]
+    if "ppo_curves" in plots:
+        parts.append(f"![PPO: score, KL and beta per iteration]({plots['ppo_curves']})\n")
+    if "rm_vs_true_score" in plots:
+        parts.append(f"![reward-model score against true score over PPO iterations]({plots['rm_vs_true_score']})\n")
+    if "rm_calibration" in plots:
+        parts.append(f"![reward-model calibration on held-out pairs]({plots['rm_calibration']})\n")
+    if "exact_match_by_task" in plots:
+        parts.append(f"![exact match per task family]({plots['exact_match_by_task']})\n")
+    report = out / "report.md"
+    atomic_write_text(report, "\n".join(parts))
+    return report

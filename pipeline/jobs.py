@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -64,8 +65,6 @@ def job_status(address: str, job_id: str) -> str:
 
 def stop_job(address: str, job_id: str, timeout: float = 120.0) -> bool:
     """Stop the job if it is still pending or running and wait until it has ended; True if it was."""
-    import time
-
     if job_status(address, job_id) not in ("PENDING", "RUNNING"):
         return False
     jobs = client(address)

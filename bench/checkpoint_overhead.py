@@ -3,7 +3,7 @@ pretrained base, with checkpoints at the configured interval and with none, each
 `python -m stages.sft` on Ray + DeepSpeed. Prints the training time of each (HF's train_runtime,
 without Ray's start-up) and the overhead (goal: under 5% of stage time).
 
-    python bench/checkpoint_overhead.py --base runs/tiny/pretrain/model [--set sft.max_steps=200 ...]
+    python -m bench.checkpoint_overhead --base runs/tiny/pretrain/model [--set sft.max_steps=200 ...]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench import record
 from pipeline.config import load_config
 
 
@@ -41,6 +42,7 @@ def main() -> None:
     print(json.dumps({"checkpoint_every": every, "checkpoints_kept": kept, "train_runtime_s": runtime,
                       "train_runtime_without_s": baseline, "overhead": runtime / baseline - 1}, indent=1))
     print(f"checkpoints every {every} steps: {runtime:.1f} s vs {baseline:.1f} s without, overhead {100 * (runtime / baseline - 1):+.1f}%")
+    record("checkpoint_overhead", f"SFT with checkpoints every {every} steps", 100 * (runtime / baseline - 1), "% of train time", "< 5")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ the floor shows the overhead the trainer adds (goal: at most 1.1); it stays near
 log-probs come from the generation pass rather than one more forward, and nothing like a forced
 garbage collection sits on the hot path.
 
-    python bench/ppo_iteration.py [--iterations 5] [--episodes 64] [--new-tokens 24] [--threads 1]
+    python -m bench.ppo_iteration [--iterations 5] [--episodes 64] [--new-tokens 24] [--threads 1]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForSequenceClassification
 
+from bench import record
 from pipeline.config import TINY_GPT2, load_config
 from stages.modeling import build_model, train_char_tokenizer
 from stages.policy import lm_loss, response_logits, token_logprobs
@@ -126,6 +127,9 @@ def main() -> None:
     print(f"floor (same tokens)      {floor / n:8.3f} s")
     print(f"iteration / floor        {real / floor:8.3f}")
     print(f"peak memory (RSS)        {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MiB")
+    record("ppo_iteration", "episodes per second", args.episodes * n / real, "episodes/s")
+    record("ppo_iteration", "iteration / floor (same tokens)", real / floor, "ratio", "<= 1.1")
+    record("ppo_iteration", "peak memory (RSS)", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")
     dist.destroy_process_group()
 
 

@@ -5,7 +5,7 @@ expansion into independent pairs (2 forward passes per comparison), at K = 4 and
 Same model (the tiny world's GPT-2), same sequences per optimizer step, same loss code
 (stages.reward_model.sequence_scores + stages.rm_math.ranking_loss), one process.
 
-    python bench/rm_throughput.py [--steps 20] [--sequences-per-step 36] [--threads 1]
+    python -m bench.rm_throughput [--steps 20] [--sequences-per-step 36] [--threads 1]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from itertools import combinations
 import torch
 from transformers import AutoModelForSequenceClassification, GPT2Config
 
+from bench import record
 from pipeline.config import TINY_GPT2
 from stages.modeling import train_char_tokenizer
 from stages.reward_model import encode, reward_text, sequence_scores
@@ -90,6 +91,8 @@ def main() -> None:
             model = AutoModelForSequenceClassification.from_config(config)
             rates.append(measure(model, tokenizer, groups, k, args.sequences_per_step, grouped, args.steps))
         print(f"{k:>3} {rates[0]:>14.1f} {rates[1]:>18.1f} {rates[0] / rates[1]:>8.1f}x")
+        record("rm_throughput", f"K={k}: grouped comparisons/s", rates[0], "comparisons/s")
+        record("rm_throughput", f"K={k}: speed-up over independent pairs", rates[0] / rates[1], "x", ">= 4" if k == 9 else "")
 
 
 if __name__ == "__main__":

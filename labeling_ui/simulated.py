@@ -10,8 +10,8 @@ responses are ties: one tier.
 from __future__ import annotations
 
 import random
-from itertools import combinations
 
+from labeling_ui.agreement import pairwise_agreement
 from tiny_world import Task, true_score
 
 # Gaussian noise on the true score (0 to 1.5) that gives ~73% pairwise inter-annotator agreement
@@ -36,31 +36,13 @@ class SimulatedAnnotator:
         return [[i for i, text in enumerate(candidates) if text == best] for best in order]
 
 
-def pair_orders(tiers: list[list[int]]) -> dict[tuple[int, int], int]:
-    """For each strictly ordered pair (i < j): +1 if i is preferred, -1 if j is."""
-    rank_of = {c: r for r, tier in enumerate(tiers) for c in tier}
-    return {
-        (i, j): (1 if rank_of[i] < rank_of[j] else -1)
-        for i, j in combinations(sorted(rank_of), 2)
-        if rank_of[i] != rank_of[j]
-    }
-
-
-def pairwise_agreement(rankings_a: list[list[list[int]]], rankings_b: list[list[list[int]]]) -> float:
-    """Fraction of pairs ordered by both annotators on which they agree (ties excluded)."""
-    agree = total = 0
-    for tiers_a, tiers_b in zip(rankings_a, rankings_b, strict=True):
-        orders_a, orders_b = pair_orders(tiers_a), pair_orders(tiers_b)
-        for pair in orders_a.keys() & orders_b.keys():
-            total += 1
-            agree += orders_a[pair] == orders_b[pair]
-    return agree / total if total else float("nan")
-
-
 def agreement_at(noise: float, ranked: list[tuple[Task, list[str]]], seed: int = 0) -> float:
     """Pairwise agreement of two annotators with this noise on these (task, candidates) sets."""
     a, b = SimulatedAnnotator("calibration-a", seed, noise), SimulatedAnnotator("calibration-b", seed, noise)
-    return pairwise_agreement([a.rank(t, c) for t, c in ranked], [b.rank(t, c) for t, c in ranked])
+    rankings_a, rankings_b = [a.rank(t, c) for t, c in ranked], [b.rank(t, c) for t, c in ranked]
+    agreement = pairwise_agreement(zip(rankings_a, rankings_b, strict=True))
+    # NaN, not None, when nothing is ordered: no noise level then beats the target in the bisection
+    return float("nan") if agreement is None else agreement
 
 
 def calibrate_noise(ranked: list[tuple[Task, list[str]]], target: float = INSTRUCTGPT_AGREEMENT, seed: int = 0,

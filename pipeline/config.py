@@ -225,6 +225,33 @@ class EvalSection(Section):
         True, description="Also run PPO without the pretraining mix (stage ppo_no_ptx) to show what ptx saves."
     )
     corpus_docs: int = Field(256, ge=1, description="Held-out pretraining documents for the LM loss (the alignment tax).")
+    prompts: DatasetSource | None = Field(
+        None,
+        description="Evaluate on this prompt file (a `prompt` field, plain or conversational) instead of the tiny "
+        "world; win rates are then judged by the reward models.",
+    )
+    max_prompts: int | None = Field(None, ge=1, description="Evaluate on the first N prompts of eval.prompts; null: all.")
+    heldout_text: DatasetSource | None = Field(
+        None, description="Held-out pretraining text for the LM loss with eval.prompts (the tiny world has its own)."
+    )
+    max_new_tokens: int = Field(32, ge=1, description="Response length limit when generating for evaluation.")
+    policies: dict[str, str] | None = Field(
+        None,
+        description="Evaluate these local model directories (name -> path; 'sft' is the baseline of win rates and "
+        "KL) instead of the pipeline's policies.",
+    )
+    reward_model: str | None = Field(
+        None, description="The judge of win rates; null: ppo.reward_model, else the run's reward model (DIR/rm/model)."
+    )
+    heldout_reward_model: str | None = Field(
+        None, description="A second judge that PPO never optimised against (e.g. trained on other labels)."
+    )
+
+    @model_validator(mode="after")
+    def _policies_have_a_baseline(self) -> EvalSection:
+        if self.policies is not None and "sft" not in self.policies:
+            raise ValueError(f"eval.policies needs an 'sft' entry (the baseline of win rates and KL), got {sorted(self.policies)}")
+        return self
 
 
 class DeepSpeedSection(Section):

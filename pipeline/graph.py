@@ -25,12 +25,16 @@ class Stage:
     enabled: Callable[[Config], bool] = lambda config: True
     # an input the config makes unnecessary (e.g. a model given as a path instead of the stage's output)
     input_replaced: Callable[[Config, str], bool] = lambda config, name: False
-    # an input the config makes unnecessary (e.g. a model given as a path instead of the stage's output)
-    input_replaced: Callable[[Config, str], bool] = lambda config, name: False
 
 
 def _ppo_input_replaced(config: Config, name: str) -> bool:
     return (config.ppo.actor if name == "sft" else config.ppo.reward_model) is not None
+
+
+def _eval_input_replaced(config: Config, name: str) -> bool:
+    if name == "rm":
+        return config.eval.reward_model is not None or config.ppo.reward_model is not None
+    return config.eval.policies is not None
 
 
 STAGES: tuple[Stage, ...] = (
@@ -49,7 +53,9 @@ STAGES: tuple[Stage, ...] = (
         lambda c: c.eval.compare_without_ptx,
         input_replaced=_ppo_input_replaced,
     ),
-    Stage("eval", ("pretrain", "sft", "rm", "ppo", "ppo_no_ptx"), ("world", "eval")),
+    # eval.policies and eval.reward_model evaluate models on disk instead of the pipeline's
+    Stage("eval", ("pretrain", "sft", "rm", "ppo", "ppo_no_ptx"), ("world", "eval", "rm.max_length", "ppo.reward_model"),
+          input_replaced=_eval_input_replaced),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 

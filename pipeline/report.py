@@ -17,6 +17,10 @@ from pipeline.run_dir import RunDir
 
 FIGURE_SIZE = (8.0, 3.0)  # inches, at 100 dpi
 DPI = 100
+EVAL_COLUMNS = ("true_score", "win_rate_vs_sft", "win_rate_low", "win_rate_high", "rm_score", "rm_win_rate_vs_sft",
+                "rm_win_rate_low", "rm_win_rate_high", "heldout_rm_win_rate_vs_sft", "heldout_rm_win_rate_low",
+                "heldout_rm_win_rate_high", "exact_match", "rouge_l", "sampled_true_score", "kl_to_sft", "response_length",
+                "lm_loss", "heldout_family_true_score")
 
 
 def _stage_rows(stages: dict[str, dict]) -> list[dict[str, Any]]:
@@ -30,32 +34,22 @@ def _stage_rows(stages: dict[str, dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def _policy_table(ppo: dict[str, float]) -> list[dict[str, Any]]:
-    """SFT (the PPO reference) and PPO on the tiny world's held-out prompts."""
-    names = ("heldout_true_score", "heldout_sampled_true_score", "heldout_exact_match", "heldout_kl_to_reference",
-             "pretrain_heldout_lm_loss")
-    if "heldout_true_score" not in ppo:
-        return []
-    return [
-        {"policy": "SFT", **{n: ppo.get(f"reference/{n}", 0.0 if n == "heldout_kl_to_reference" else None) for n in names}},
-        {"policy": "PPO", **{n: ppo.get(n) for n in names}},
-    ]
-
-
-def _save(figure, path: Path) -> str:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    figure.savefig(tmp, dpi=DPI)
-    tmp.replace(path)
-    return path.name
-
-
-def _plots(run: RunDir, out: Path, stage_rows: list[dict], ppo: dict[str, float], evaluated: dict, calibration: list) -> dict[str, str]:
+def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, calibration: list) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plots = {}
+
+    def save(figure, name: str) -> None:
+        figure.tight_layout()
+        tmp = out / f"{name}.tmp.png"
+        figure.savefig(tmp, dpi=DPI)
+        tmp.replace(out / f"{name}.png")
+        plt.close(figure)
+        plots[name] = f"{name}.png"
+
     records = [r for r in read_jsonl(run.metrics_path("ppo")) if "ppo/score" in r]
     if records:
         steps = [r["step"] for r in records]
@@ -64,21 +58,7 @@ def _plots(run: RunDir, out: Path, stage_rows: list[dict], ppo: dict[str, float]
             axis.plot(steps, [r[key] for r in records], marker=".")
             axis.set_title(title, fontsize=9)
             axis.set_xlabel("PPO iteration", fontsize=8)
-        figure.tight_layout()
-        plots["ppo_curves"] = _save(figure, out / "ppo_curves.png")
-        plt.close(figure)
-    families = sorted(k.split("/", 1)[1] for k in ppo if k.startswith("exact_match/"))
-    if families:
-        figure, axis = plt.subplots(figsize=FIGURE_SIZE)
-        width = 0.4
-        for offset, (label, prefix) in enumerate((("SFT", "reference/exact_match/"), ("PPO", "exact_match/"))):
-            axis.bar([i + offset * width for i in range(len(families))], [ppo.get(prefix + f, 0.0) for f in families], width, label=label)
-        axis.set_xticks([i + width / 2 for i in range(len(families))], families, fontsize=8)
-        axis.set_ylabel("held-out exact match", fontsize=8)
-        axis.legend(fontsize=8)
-        figure.tight_layout()
-        plots["exact_match_by_task"] = _save(figure, out / "exact_match_by_task.png")
-        plt.close(figure)
+        save(figure, "ppo_curves")
     scored = [r for r in records if "ppo/true_score" in r]
     if scored:  # the over-optimisation curve: where the two part, the policy games the reward model
         figure, axis = plt.subplots(figsize=FIGURE_SIZE)
@@ -86,40 +66,38 @@ def _plots(run: RunDir, out: Path, stage_rows: list[dict], ppo: dict[str, float]
         axis.plot([r["step"] for r in scored], [r["ppo/true_score"] for r in scored], marker=".", label="true score")
         axis.set_xlabel("PPO iteration", fontsize=8)
         axis.legend(fontsize=8)
-        figure.tight_layout()
-        plots["rm_vs_true_score"] = _save(figure, out / "rm_vs_true_score.png")
-        plt.close(figure)
+        save(figure, "rm_vs_true_score")
     if evaluated:
-        figure, (left, right) = plt.subplots(1, 2, figsize=FIGURE_SIZE)
-        families = sorted(next(iter(evaluated.values()))["per_family"])
+        first = next(iter(evaluated.values()))
+        families = sorted(first.get("per_family", {}))
+        panels = [("true_score", "true score per task family"), ("exact_match", "exact match per task family")] if families else []
+        figure, axes = plt.subplots(1, len(panels) + 1, figsize=FIGURE_SIZE, squeeze=False)
         width = 0.8 / len(evaluated)
+        every_score = [x for policy in evaluated.values() for x in policy["scores"]]
+        bins = (min(every_score, default=0.0), max(every_score, default=1.0))  # one set of bins for every policy
         for k, (name, policy) in enumerate(evaluated.items()):
-            left.bar([i + k * width for i in range(len(families))], [policy["per_family"][f]["true_score"] for f in families], width, label=name)
-            right.hist(policy["true_scores"], bins=12, range=(0, 1.5), histtype="step", label=name)
-        left.set_xticks([i + 0.4 - width / 2 for i in range(len(families))], families, fontsize=7)
-        left.set_title("true score per task family", fontsize=9)
-        right.set_title("true score distribution (held-out)", fontsize=9)
-        left.legend(fontsize=7)
-        figure.tight_layout()
-        plots["policies"] = _save(figure, out / "policies.png")
-        plt.close(figure)
+            for axis, (key, _) in zip(axes[0], panels):
+                axis.bar([i + k * width for i in range(len(families))], [policy["per_family"][f][key] for f in families], width, label=name)
+            axes[0][-1].hist(policy["scores"], bins=12, range=bins, histtype="step", label=name)
+        for axis, (_, title) in zip(axes[0], panels):
+            axis.set_xticks([i + 0.4 - width / 2 for i in range(len(families))], families, fontsize=7)
+            axis.set_title(title, fontsize=9)
+        axes[0][-1].set_title(f"{'true' if families else 'reward-model'} score distribution", fontsize=9)
+        axes[0][-1].legend(fontsize=7)
+        save(figure, "policies")
     if calibration:
         figure, axis = plt.subplots(figsize=FIGURE_SIZE)
         axis.plot([0, 1], [0, 1], linestyle=":", color="grey")
         axis.plot([b["predicted"] for b in calibration], [b["observed"] for b in calibration], marker="o")
         axis.set_xlabel("reward model: P(first preferred)", fontsize=8)
         axis.set_ylabel("labels: first preferred", fontsize=8)
-        figure.tight_layout()
-        plots["rm_calibration"] = _save(figure, out / "rm_calibration.png")
-        plt.close(figure)
+        save(figure, "rm_calibration")
     timed = [r for r in stage_rows if r["duration_s"] is not None]
     if timed:
         figure, axis = plt.subplots(figsize=FIGURE_SIZE)
         axis.barh([r["stage"] for r in timed][::-1], [r["duration_s"] for r in timed][::-1])
         axis.set_xlabel("seconds", fontsize=8)
-        figure.tight_layout()
-        plots["stage_times"] = _save(figure, out / "stage_times.png")
-        plt.close(figure)
+        save(figure, "stage_times")
     return plots
 
 
@@ -152,16 +130,14 @@ def build_report(run_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stage_rows = _stage_rows(stages)
     rm = {k: v for k, v in stages.get("rm", {}).get("metrics", {}).items() if k.startswith("rm/")}
-    ppo = stages.get("ppo", {}).get("metrics", {})
-    policies = _policy_table(ppo)
     evaluated = _read_json(out / "policies.json", {})
     order = ("base", "sft", "ppo", "ppo_no_ptx")  # as the pipeline makes them
     evaluated = {name: evaluated[name] for name in sorted(evaluated, key=lambda n: order.index(n) if n in order else len(order))}
     calibration = _read_json(run.stage_dir("rm") / "calibration.json", [])
-    plots = _plots(run, out, stage_rows, ppo, evaluated, calibration)
+    plots = _plots(run, out, stage_rows, evaluated, calibration)
     summary = {"stages": stage_rows, "sft": stages.get("sft", {}).get("metrics", {}), "reward_model": rm,
-               "policies": policies, "ppo": ppo, "evaluation": {n: {k: v for k, v in p.items() if k != "true_scores"}
-                                                               for n, p in evaluated.items()},
+               "ppo": stages.get("ppo", {}).get("metrics", {}),
+               "evaluation": {n: {k: v for k, v in p.items() if k != "scores"} for n, p in evaluated.items()},
                "rm_calibration": calibration, "plots": plots}
     atomic_write_json(out / "summary.json", summary)
 
@@ -171,23 +147,20 @@ def build_report(run_dir: str | Path) -> Path:
     if rm:
         parts += ["## Reward model (held-out prompts)\n", _table([{"metric": k, "value": v} for k, v in sorted(rm.items())])]
     if evaluated:
-        columns = ("true_score", "win_rate_vs_sft", "win_rate_low", "win_rate_high", "exact_match", "rouge_l",
-                   "sampled_true_score", "kl_to_sft", "response_length", "lm_loss", "heldout_family_true_score")
+        columns = [c for c in EVAL_COLUMNS if any(c in policy for policy in evaluated.values())]
         rows = [{"policy": name, **{c: policy.get(c) for c in columns}} for name, policy in evaluated.items()]
-        parts += ["## Policies on held-out prompts (eval stage; true score 0 to 1.5, win rate by true score against SFT, 95% interval)\n",
-                  _table(rows)]
+        parts += ["## Policies on held-out prompts (eval stage)\n",
+                  "Win rates are against SFT on the same prompts (a tie counts half), with their 95% intervals: by the tiny "
+                  "world's true score (0 to 1.5), by the reward model PPO trained against (rm_), and by a held-out reward "
+                  "model (heldout_rm_) when one was given.\n", _table(rows)]
         if "policies" in plots:
-            parts.append(f"![true score per task family and its distribution]({plots['policies']})\n")
-    elif policies:
-        parts += ["## Policies on held-out prompts (tiny world; true score 0 to 1.5)\n", _table(policies)]
+            parts.append(f"![per task family, and the score distribution]({plots['policies']})\n")
     if "ppo_curves" in plots:
         parts.append(f"![PPO: score, KL and beta per iteration]({plots['ppo_curves']})\n")
     if "rm_vs_true_score" in plots:
         parts.append(f"![reward-model score against true score over PPO iterations]({plots['rm_vs_true_score']})\n")
     if "rm_calibration" in plots:
         parts.append(f"![reward-model calibration on held-out pairs]({plots['rm_calibration']})\n")
-    if "exact_match_by_task" in plots:
-        parts.append(f"![exact match per task family]({plots['exact_match_by_task']})\n")
     report = out / "report.md"
     atomic_write_text(report, "\n".join(parts))
     return report

@@ -141,22 +141,22 @@ def print_summary(run: RunDir, stages: list[str]) -> None:
                 f"{rm['rm/true_order_accuracy']:.3f} against the tiny world's true order"
             )
         print(line)
-    ppo = manifest.get("ppo", {}).get("metrics", {})
-    if "heldout_true_score" in ppo:
-        print(
-            f"  PPO on held-out prompts (true score, 0 to 1.5): greedy SFT {ppo['reference/heldout_true_score']:.3f} -> "
-            f"PPO {ppo['heldout_true_score']:.3f}, sampled {ppo['reference/heldout_sampled_true_score']:.3f} -> "
-            f"{ppo['heldout_sampled_true_score']:.3f}, KL to SFT {ppo['heldout_kl_to_reference']:.2f}"
-        )
     evaluated = manifest.get("eval", {}).get("metrics", {})
-    if "ppo/win_rate_vs_sft" in evaluated:
-        line = (f"  PPO-ptx beats SFT on {100 * evaluated['ppo/win_rate_vs_sft']:.0f}% of held-out prompts "
-                f"(95% interval {100 * evaluated['ppo/win_rate_low']:.0f}-{100 * evaluated['ppo/win_rate_high']:.0f}%)")
-        if "ppo_no_ptx/lm_loss" in evaluated:
-            sft_loss = evaluated["sft/lm_loss"]
-            line += (f"; pretraining LM loss vs SFT: {evaluated['ppo/lm_loss'] - sft_loss:+.4f} with ptx, "
-                     f"{evaluated['ppo_no_ptx/lm_loss'] - sft_loss:+.4f} without")
-        print(line)
+    if "ppo/true_score" in evaluated:
+        print(
+            f"  held-out true score (tiny world, 0 to 1.5): SFT {evaluated['sft/true_score']:.3f} -> "
+            f"PPO-ptx {evaluated['ppo/true_score']:.3f} (sampled {evaluated['sft/sampled_true_score']:.3f} -> "
+            f"{evaluated['ppo/sampled_true_score']:.3f}), KL to SFT {evaluated['ppo/kl_to_sft']:.2f}"
+        )
+    for prefix, judge in (("", "the true score"), ("rm_", "the reward model"), ("heldout_rm_", "the held-out reward model")):
+        if f"ppo/{prefix}win_rate_vs_sft" in evaluated:
+            low, high = evaluated[f"ppo/{prefix}win_rate_low"], evaluated[f"ppo/{prefix}win_rate_high"]
+            print(f"  PPO-ptx beats SFT on {100 * evaluated[f'ppo/{prefix}win_rate_vs_sft']:.0f}% of held-out prompts "
+                  f"by {judge} (95% interval {100 * low:.0f}-{100 * high:.0f}%)")
+    if "ppo_no_ptx/lm_loss" in evaluated:
+        sft_loss = evaluated["sft/lm_loss"]
+        print(f"  pretraining LM loss against SFT: {evaluated['ppo/lm_loss'] - sft_loss:+.4f} with ptx, "
+              f"{evaluated['ppo_no_ptx/lm_loss'] - sft_loss:+.4f} without")
     from pipeline.report import build_report
 
     print(f"  report: {build_report(run.root)} (rebuild with: rlhf report {run.root})")

@@ -10,8 +10,8 @@ HEADLINE = {
     "sft": "heldout_exact_match",
     "sample": "sample/annotator_agreement",
     "rm": "rm/heldout_accuracy",
-    "ppo": "heldout_true_score",
-    "ppo_no_ptx": "heldout_true_score",
+    "ppo": "ppo/best_validation_score",
+    "ppo_no_ptx": "ppo/best_validation_score",
     "eval": "ppo/win_rate_vs_sft",
 }
 

@@ -4,11 +4,10 @@ never named by the marker, so it is never resumed from."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from pipeline.files import atomic_write_text, read_jsonl
+from pipeline.files import atomic_write_jsonl, atomic_write_text, read_jsonl
 
 LATEST_MARKER = "latest"
 
@@ -31,7 +30,7 @@ def truncate_metrics(metrics_path: Path, last_step: int) -> None:
     if not metrics_path.exists():
         return
     kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= last_step]
-    atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    atomic_write_jsonl(metrics_path, kept)
 
 
 def publish_dir(tmp_dir: Path, final_dir: Path) -> None:

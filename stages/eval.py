@@ -1,10 +1,17 @@
-"""Stage `eval`: what each stage bought, on the tiny world's held-out prompts (held-out instances of
-the training families, and the held-out families), for the base model, SFT, PPO-ptx and PPO without
-ptx: true score, exact match, Natural-Instructions EM and ROUGE-L, win rate against SFT by true score
-(with a 95% interval), sequence KL to SFT, response length, and LM loss on held-out pretraining text.
+"""Stage `eval`: what each stage bought, for the base model, SFT, PPO-ptx and PPO without ptx.
 
-Reads:  DIR/{pretrain,sft,ppo,ppo_no_ptx}/model (those the config has), the reward model's metrics.
-Writes: DIR/eval/policies.json (per policy: the figures, per family, and the per-prompt true scores),
+On the tiny world (the default), on its held-out prompts (held-out instances of the training
+families, and the held-out families): true score, exact match, Natural-Instructions EM and ROUGE-L,
+win rate against SFT by true score (with a 95% interval), sequence KL to SFT, response length, and LM
+loss on held-out pretraining text (the alignment tax). On a prompt file (eval.prompts, any model) the
+same without the figures that need a task's answer. Either way, win rates against SFT judged by the
+trained reward model and, when eval.heldout_reward_model is given, by one that PPO never optimised
+against (where the two judges part, the policy games the first).
+
+Reads:  DIR/{pretrain,sft,ppo,ppo_no_ptx}/model (those the config has) or eval.policies, the reward
+        model (DIR/rm/model, ppo.reward_model or eval.reward_model), the reward model's metrics.
+Writes: DIR/eval/policies.json (per policy: the figures, per family, and the per-prompt scores),
+        DIR/eval/responses.jsonl (per prompt: every policy's greedy response and its scores),
         then the report (pipeline/report.py): DIR/eval/summary.json, DIR/eval/report.md and its plots.
 """
 
@@ -13,21 +20,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.files import atomic_write_json
+from pipeline.files import atomic_write_json, atomic_write_jsonl
 from pipeline.graph import inputs_of
 from pipeline.report import build_report
 from pipeline.run_dir import RunDir
-from stages.data import make_world
+from stages.data import make_world, prompts_from_file, text_dataset_from_file
 from stages.entry import StageResult, run_stage
 from stages.eval_metrics import win_rate
-from stages.evaluation import evaluate_policy
-from stages.modeling import load_tokenizer
+from stages.evaluation import evaluate_lm_loss, judge, respond, world_scores
+from stages.modeling import check_model_dir, load_tokenizer
 
 STAGE = "eval"
-POLICIES = ("base", "sft", "ppo", "ppo_no_ptx")
+JUDGES = ("rm", "heldout_rm")  # figure prefixes of the trained and the held-out reward model
 
 
 def policy_dirs(config: Config, run_dir: RunDir) -> dict[str, Path]:
+    """name -> model directory of every policy to evaluate; 'sft' is the baseline."""
+    if config.eval.policies is not None:
+        return {name: check_model_dir(path, f"eval.policies.{name}") for name, path in config.eval.policies.items()}
     inputs = inputs_of(STAGE, config)
     base = run_dir.model_dir("pretrain") if "pretrain" in inputs else Path(config.model.name_or_path)
     dirs = {"base": base, "sft": run_dir.model_dir("sft"), "ppo": run_dir.model_dir("ppo")}
@@ -36,60 +46,102 @@ def policy_dirs(config: Config, run_dir: RunDir) -> dict[str, Path]:
     return dirs
 
 
-def summarise(result: dict, sft_scores: list[float]) -> dict:
-    """Aggregates of one policy's per-prompt results (evaluation.evaluate_policy)."""
-    def mean(values):
-        return sum(values) / len(values)
+def judge_dirs(config: Config, run_dir: RunDir) -> dict[str, Path]:
+    """The reward models that judge win rates: the trained one ('rm') and an optional held-out one."""
+    trained = config.eval.reward_model or config.ppo.reward_model
+    judges = {"rm": check_model_dir(trained, "eval.reward_model") if trained else run_dir.model_dir("rm")}
+    if config.eval.heldout_reward_model:
+        judges["heldout_rm"] = check_model_dir(config.eval.heldout_reward_model, "eval.heldout_reward_model")
+    return judges
 
-    train = [i for i, held in enumerate(result["heldout_family"]) if not held]
+
+def summarise(result: dict, baseline: dict) -> dict:
+    """Aggregates of one policy's per-prompt results, against the baseline's (SFT) on the same prompts.
+    The headline figures are over held-out instances of the training families; the held-out families
+    are reported apart."""
+    def mean(values):
+        return sum(values) / len(values) if values else None
+
+    def over(key, rows):
+        return [result[key][i] for i in rows]
+
+    rows = [i for i, held in enumerate(result["heldout_family"]) if not held]
     held = [i for i, h in enumerate(result["heldout_family"]) if h]
-    wins = win_rate([result["true_score"][i] for i in train], [sft_scores[i] for i in train])
-    families = sorted(set(result["family"]))
-    return {
-        "true_score": mean([result["true_score"][i] for i in train]),
-        "exact_match": mean([result["exact_match"][i] for i in train]),
-        "ni_exact_match": mean([result["ni_exact_match"][i] for i in train]),
-        "rouge_l": mean([result["rouge_l"][i] for i in train]),
-        "sampled_true_score": mean([result["sampled_true_score"][i] for i in train]),
+    summary = {
         "kl_to_sft": mean(result["kl_to_reference"]),
         "response_length": mean(result["length"]),
-        "lm_loss": result["lm_loss"],
-        "heldout_family_true_score": mean([result["true_score"][i] for i in held]) if held else None,
-        "heldout_family_exact_match": mean([result["exact_match"][i] for i in held]) if held else None,
-        "win_rate_vs_sft": wins.rate,
-        "win_rate_low": wins.low,
-        "win_rate_high": wins.high,
-        "per_family": {
-            f: {k: mean([result[k][i] for i, fam in enumerate(result["family"]) if fam == f]) for k in ("true_score", "exact_match")}
-            for f in families
-        },
-        "true_scores": [result["true_score"][i] for i in train],
+        "lm_loss": result.get("lm_loss"),
     }
+    scores = ["true_score", "exact_match", "ni_exact_match", "rouge_l", "sampled_true_score"]
+    summary.update({key: mean(over(key, rows)) for key in scores if key in result})
+    judged = {"true_score": "win_rate"} if "true_score" in result else {}
+    judged.update({f"{judge}_score": f"{judge}_win_rate" for judge in JUDGES if f"{judge}_score" in result})
+    for key, name in judged.items():
+        wins = win_rate(over(key, rows), [baseline[key][i] for i in rows])
+        summary.update({key: mean(over(key, rows)), f"{name}_vs_sft": wins.rate, f"{name}_low": wins.low, f"{name}_high": wins.high})
+    if "family" in result:
+        summary["heldout_family_true_score"] = mean(over("true_score", held))
+        summary["heldout_family_exact_match"] = mean(over("exact_match", held))
+        summary["per_family"] = {
+            f: {k: mean([result[k][i] for i, fam in enumerate(result["family"]) if fam == f]) for k in ("true_score", "exact_match")}
+            for f in sorted(set(result["family"]))
+        }
+    # the distribution plotted per policy: the true score where there is one, else the judge's score
+    summary["scores"] = over("true_score" if "true_score" in result else "rm_score", rows)
+    return summary
 
 
 def evaluate(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     from transformers import AutoModelForCausalLM
 
-    # setup: the held-out prompts and text, the policies, SFT as the reference
-    world = make_world(config.world)
-    examples = world.heldout_examples(config.world.eval_per_family)
-    corpus = world.corpus(config.eval.corpus_docs, split="heldout")
-    dirs = policy_dirs(config, run_dir)
+    # 1. setup: the prompts (and their tiny-world tasks), the held-out text, the policies and judges
+    dirs, judges = policy_dirs(config, run_dir), judge_dirs(config, run_dir)
     tokenizer = load_tokenizer(dirs["sft"])
+    if config.eval.prompts is None:
+        world = make_world(config.world)
+        examples = world.heldout_examples(config.world.eval_per_family)
+        prompts = [e.prompt for e in examples]
+        corpus = world.corpus(config.eval.corpus_docs, split="heldout")
+    else:
+        examples = None
+        prompts = prompts_from_file(config.eval.prompts, tokenizer, "eval.prompts")[: config.eval.max_prompts]
+        heldout_text = config.eval.heldout_text
+        corpus = text_dataset_from_file(heldout_text)["text"][: config.eval.corpus_docs] if heldout_text else []
     sft = AutoModelForCausalLM.from_pretrained(str(dirs["sft"]), local_files_only=True).eval()
-    # evaluate every policy on the same prompts, with the same sampling seed
-    results = {}
+
+    # 2. every policy on the same prompts with the same sampling seed; SFT is the KL reference
+    results, responses = {}, {}
     for name, directory in dirs.items():
         policy = sft if name == "sft" else AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True).eval()
-        results[name] = evaluate_policy(policy, sft, tokenizer, examples, corpus, config.run.seed)
-        results[name]["heldout_family"] = [e.task.family in world.heldout_families for e in examples]
-    sft_scores = results["sft"]["true_score"]
-    policies = {name: summarise(result, sft_scores) for name, result in results.items()}
-    atomic_write_json(run_dir.stage_dir(STAGE) / "policies.json", policies)
+        out = respond(policy, sft, tokenizer, prompts, config.run.seed, config.eval.max_new_tokens, one_line=examples is not None)
+        responses[name] = out["greedy"]
+        results[name] = {"kl_to_reference": out["kl_to_reference"], "length": out["length"]}
+        if examples is not None:
+            results[name].update(world_scores(examples, out))
+        results[name]["heldout_family"] = [e.task.family in world.heldout_families for e in examples] if examples else [False] * len(prompts)
+        if corpus:
+            results[name]["lm_loss"] = evaluate_lm_loss(policy, tokenizer, corpus)
+
+    # 3. the reward models judge every policy's greedy responses
+    for judge_name, judge_dir in judges.items():
+        for name, scores in judge(judge_dir, prompts, responses, config.rm.max_length).items():
+            results[name][f"{judge_name}_score"] = scores
+
+    # 4. figures against SFT, the per-prompt record, the report
+    policies = {name: summarise(result, results["sft"]) for name, result in results.items()}
+    out_dir = run_dir.stage_dir(STAGE)
+    atomic_write_json(out_dir / "policies.json", policies)
+    atomic_write_jsonl(out_dir / "responses.jsonl", [
+        {"prompt": prompt, **{name: {"response": responses[name][i],
+                                     **{k: results[name][k][i] for k in ("true_score", "rm_score", "heldout_rm_score") if k in results[name]}}
+                               for name in dirs}}
+        for i, prompt in enumerate(prompts)
+    ])
     report = build_report(run_dir.root)
     metrics = {f"{name}/{k}": v for name, p in policies.items() for k, v in p.items() if isinstance(v, float)}
-    return StageResult(outputs={"report": str(report.relative_to(run_dir.root)), "policies": f"{STAGE}/policies.json"},
-                       metrics=metrics)
+    outputs = {"report": str(report.relative_to(run_dir.root)), "policies": f"{STAGE}/policies.json",
+               "responses": f"{STAGE}/responses.jsonl"}
+    return StageResult(outputs=outputs, metrics=metrics)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW
             eos_token_id=tokenizer.eos_token_id,
         )
         texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        responses.extend(text.split("\n", 1)[0].strip() for text in texts)
+        responses.extend(first_line(text) for text in texts)
     return responses
 
 
@@ -65,68 +65,68 @@ def heldout_report(model_dir: str | Path, world_section: WorldSection, tokenizer
     return report
 
 
+def first_line(text: str) -> str:
+    """A tiny-world answer: the response up to its first newline."""
+    return text.split("\n", 1)[0].strip()
+
+
 @torch.no_grad()
-def evaluate_policy(policy, reference, tokenizer, examples: list[Example], corpus: list[str], seed: int = 0) -> dict:
-    """One policy on the tiny world's `examples`: per example, the greedy response's true score, exact
-    match, Natural-Instructions EM and ROUGE-L against the answer, and length in words; over sampled
-    responses, the true score and the sequence KL to `reference`; the LM loss on `corpus` (held-out
-    pretraining text: the alignment tax)."""
-    from stages.eval_metrics import exact_match as ni_exact_match
-    from stages.eval_metrics import rouge_l
+def respond(policy, reference, tokenizer, prompts: list[str], seed: int, max_new_tokens: int = MAX_NEW_TOKENS,
+            one_line: bool = False, batch_size: int = 64) -> dict[str, list]:
+    """A policy's responses to `prompts`: the greedy one (what the report scores) and one sampled at
+    temperature 1 (seeded), with the sampled sequence's KL to `reference`: the sum over its tokens of
+    log pi(y_t) - log pi_ref(y_t)."""
     from stages.policy import response_logits, token_logprobs
     from stages.rollout import HFRollout
 
-    prompts = [e.prompt for e in examples]
-    greedy = generate(policy, tokenizer, prompts)
+    result: dict[str, list] = {"greedy": [], "sampled": [], "kl_to_reference": []}
     torch.manual_seed(seed)
-    batch = HFRollout(policy, tokenizer, MAX_NEW_TOKENS).generate(prompts)
-    T = batch.response_mask.shape[1]
-    responses = torch.where(batch.response_mask, batch.sequences[:, batch.prompt_length :], tokenizer.pad_token_id)
-    sampled = [t.split("\n", 1)[0].strip() for t in tokenizer.batch_decode(responses, skip_special_tokens=True)]
-    ref_logprobs = token_logprobs(response_logits(reference, batch.sequences, batch.attention_mask, T), responses)
-    kl = torch.where(batch.response_mask, batch.logprobs - ref_logprobs, 0.0).sum(-1)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        for key, greedy in (("greedy", True), ("sampled", False)):
+            batch = HFRollout(policy, tokenizer, max_new_tokens, greedy=greedy).generate(chunk)
+            tokens = torch.where(batch.response_mask, batch.sequences[:, batch.prompt_length :], tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            result[key].extend(first_line(t) if one_line else t.strip() for t in texts)
+        logits = response_logits(reference, batch.sequences, batch.attention_mask, tokens.shape[1])
+        kl = torch.where(batch.response_mask, batch.logprobs - token_logprobs(logits, tokens), 0.0).sum(-1)
+        result["kl_to_reference"].extend(kl.tolist())
+    result["length"] = [len(r.split()) for r in result["greedy"]]
+    return result
+
+
+def world_scores(examples: list[Example], responses: dict[str, list]) -> dict[str, list]:
+    """Per example, against the tiny world's task: the greedy response's true score, exact match,
+    Natural-Instructions EM and ROUGE-L against the answer, and the sampled response's true score."""
+    from stages.eval_metrics import exact_match as ni_exact_match
+    from stages.eval_metrics import rouge_l
+
+    greedy, sampled = responses["greedy"], responses["sampled"]
     return {
         "family": [e.task.family for e in examples],
         "true_score": [true_score(e.task, r) for e, r in zip(examples, greedy)],
         "exact_match": [float(exact_match(e.task, r)) for e, r in zip(examples, greedy)],
         "ni_exact_match": [ni_exact_match(r, [e.task.answer]) for e, r in zip(examples, greedy)],
         "rouge_l": [rouge_l(r, [e.task.answer]) if r.strip() else 0.0 for e, r in zip(examples, greedy)],
-        "length": [len(r.split()) for r in greedy],
         "sampled_true_score": [true_score(e.task, r) for e, r in zip(examples, sampled)],
-        "kl_to_reference": kl.tolist(),
-        "lm_loss": evaluate_lm_loss(policy, tokenizer, corpus),
     }
 
 
-def _mean(values) -> float:
-    return sum(values) / len(values) if values else float("nan")
-
-
 @torch.no_grad()
-def policy_report(model_dir: str | Path, reference_dir: str | Path, world_section: WorldSection, seed: int = 0,
-                  corpus_docs: int = 256) -> dict[str, float]:
-    """What RLHF did to a policy, on the tiny world's held-out prompts of the training families (never
-    trained on): greedy exact match and true score (heldout_report), sampled true score, the sequence
-    KL to the reference, and the LM loss on held-out pretraining text of the policy and the reference."""
-    from transformers import AutoModelForCausalLM
-
+def judge(reward_model_dir: str | Path, prompts: list[str], responses_by_policy: dict[str, list[str]],
+          max_length: int) -> dict[str, list[float]]:
+    """Each policy's responses scored by a reward model (with its own tokenizer, reward_bias added)."""
     from stages.modeling import load_tokenizer
+    from stages.reward_model import BIAS_KEY, load_reward_model, reward_text, score_texts
 
-    world = make_world(world_section)
-    examples = [e for e in world.heldout_examples(world_section.eval_per_family) if e.task.family in world.train_families]
-    tokenizer = load_tokenizer(model_dir)
-    policy = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True).eval()
-    reference = AutoModelForCausalLM.from_pretrained(str(reference_dir), local_files_only=True).eval()
-    corpus = world.corpus(corpus_docs, split="heldout")
-    result = evaluate_policy(policy, reference, tokenizer, examples, corpus, seed)
-    report = heldout_report(model_dir, world_section)
-    report.update({
-        "heldout_sampled_true_score": _mean(result["sampled_true_score"]),
-        "heldout_kl_to_reference": _mean(result["kl_to_reference"]),
-        "pretrain_heldout_lm_loss": result["lm_loss"],
-        "reference/pretrain_heldout_lm_loss": evaluate_lm_loss(reference, tokenizer, corpus),
-    })
-    return report
+    model = load_reward_model(reward_model_dir)
+    tokenizer = load_tokenizer(reward_model_dir, "reward model")
+    bias = getattr(model.config, BIAS_KEY, None) or 0.0
+    scores = {}
+    for name, responses in responses_by_policy.items():
+        texts = [reward_text(p, r, tokenizer.eos_token) for p, r in zip(prompts, responses)]
+        scores[name] = [s + bias for s in score_texts(model, tokenizer, texts, max_length)]
+    return scores
 
 
 @torch.no_grad()

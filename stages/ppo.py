@@ -6,8 +6,8 @@ Reads:  the actor and reference (DIR/sft/model), the reward model and critic sta
         prompts from ppo.prompts or the tiny world; pretraining text from data.pretrain or the tiny
         world's corpus.
 Writes: DIR/ppo/model (the policy with the best validation score within the KL budget, HF format),
-        DIR/ppo/final (the last policy), DIR/ppo/checkpoints, metrics.jsonl, tensorboard/, and on
-        the tiny world the held-out report of SFT and PPO (true score, exact match, KL, LM loss).
+        DIR/ppo/final (the last policy), DIR/ppo/checkpoints, metrics.jsonl, tensorboard/. What
+        the policy is worth on held-out prompts is the eval stage's to say.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pipeline.run_dir import RunDir
 from stages.checkpointing import publish_dir
 from stages.data import make_world, pretraining_text, prompts_from_file
 from stages.entry import StageResult, run_stage
-from stages.evaluation import policy_report
 from stages.modeling import check_model_dir, load_tokenizer, tokenizer_path
 from stages.ppo_trainer import BEST_DIR, PPOJob, worker
 from stages.ray_train import run_on_workers
@@ -90,11 +89,6 @@ def ppo(config: Config, run_dir: RunDir, resume: bool, stage: str = STAGE) -> St
     publish_dir(stage_dir / "model.tmp", run_dir.model_dir(stage))
     training = json.loads((stage_dir / "training.json").read_text())
     metrics = {f"ppo/{k}": float(v) for k, v in training.items()}
-    # 4. on the tiny world: what RLHF did, on held-out prompts
-    if config.ppo.prompts is None:
-        metrics.update(policy_report(run_dir.model_dir(stage), paths["reference"], config.world, config.run.seed))
-        reference = policy_report(paths["reference"], paths["reference"], config.world, config.run.seed)
-        metrics.update({f"reference/{k}": v for k, v in reference.items() if not k.startswith("reference/")})
     return StageResult(outputs={"model": f"{stage}/model", "final": f"{stage}/final"}, metrics=metrics)
 
 

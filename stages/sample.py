@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from labeling_ui.simulated import SimulatedAnnotator, calibrate_noise, pairwise_agreement
+from labeling_ui.agreement import pairwise_agreement
+from labeling_ui.simulated import SimulatedAnnotator, calibrate_noise
 from pipeline.config import Config
 from pipeline.files import atomic_write_text
 from pipeline.run_dir import RunDir
@@ -101,11 +102,12 @@ def sample(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     stage_dir = run_dir.stage_dir(STAGE)
     atomic_write_text(stage_dir / "candidates.jsonl", "\n".join(candidate_lines) + "\n")
     atomic_write_text(stage_dir / "rankings.jsonl", "\n".join(ranking_lines) + "\n")
+    agreement = pairwise_agreement(zip(first, second, strict=True))
     metrics = {
         "sample/prompts": len(examples),
         "sample/ranked_prompts": len(ranking_lines),
         "sample/annotator_noise": noise,
-        "sample/annotator_agreement": pairwise_agreement(first, second),
+        "sample/annotator_agreement": float("nan") if agreement is None else agreement,
     }
     return StageResult(
         outputs={"candidates": f"{STAGE}/candidates.jsonl", "rankings": f"{STAGE}/rankings.jsonl"}, metrics=metrics

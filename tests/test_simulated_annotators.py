@@ -1,6 +1,7 @@
 import random
 
-from labeling_ui.simulated import SimulatedAnnotator, agreement_at, calibrate_noise, pair_orders, pairwise_agreement
+from labeling_ui.agreement import pair_orders, pairwise_agreement
+from labeling_ui.simulated import SimulatedAnnotator, agreement_at, calibrate_noise
 from tiny_world import TinyWorld, true_score
 from tiny_world.tasks import Task
 
@@ -14,7 +15,8 @@ def candidate_sets(n_prompts=600, k=4):
 def test_two_annotators_agree_about_as_often_as_instructgpt_labelers():
     sets = candidate_sets()
     a, b = SimulatedAnnotator("a"), SimulatedAnnotator("b")
-    agreement = pairwise_agreement([a.rank(t, c) for t, c in sets], [b.rank(t, c) for t, c in sets])
+    rankings_a, rankings_b = [a.rank(t, c) for t, c in sets], [b.rank(t, c) for t, c in sets]
+    agreement = pairwise_agreement(zip(rankings_a, rankings_b, strict=True))
     assert 0.70 <= agreement <= 0.76  # InstructGPT: 72.6 +- 1.5%
 
 
@@ -35,7 +37,7 @@ def test_annotators_are_deterministic_by_seed():
 
 def test_pairwise_agreement_by_hand():
     # a: 0 > 1 > 2; b: 1 > 0 = 2  -> shared ordered pairs (0,1) disagree, (1,2) agree; (0,2) tied in b
-    assert pairwise_agreement([[[0], [1], [2]]], [[[1], [0, 2]]]) == 0.5
+    assert pairwise_agreement(zip([[[0], [1], [2]]], [[[1], [0, 2]]], strict=True)) == 0.5
 
 
 def test_calibrated_noise_reaches_the_target_agreement_on_other_candidates():

@@ -1,0 +1,20 @@
+"""Benchmarks that print figures (not tests: timings on shared machines make flaky assertions).
+
+Each is a module run as `python -m bench.<name>`; `python -m bench` runs them all on fixed workloads
+and prints one table. A benchmark hands its headline figures to that table through `record`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+SUMMARY_ENV = "RLHF_BENCH_SUMMARY"  # set by `python -m bench`: the file that collects the headline figures
+
+
+def record(benchmark: str, figure: str, value: float, unit: str = "", goal: str = "") -> None:
+    """Add one headline figure to the summary of `python -m bench` (a no-op when run on its own)."""
+    path = os.environ.get(SUMMARY_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"benchmark": benchmark, "figure": figure, "value": value, "unit": unit, "goal": goal}) + "\n")

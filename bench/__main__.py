@@ -1,6 +1,7 @@
 """Every benchmark on its fixed workload, then one table of the headline figures.
 
-    python -m bench                      the self-contained benchmarks (reward-model throughput, PPO iteration)
+    python -m bench                      the self-contained benchmarks (reward-model throughput, PPO iteration,
+                                         the ranking app under 20 annotators)
     python -m bench --from runs/tiny     also those that start from a finished run: checkpoint overhead
                                          (its pretrained base) and PPO on the tiny world (its SFT policy and RM)
 """
@@ -32,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", help="a finished run directory (e.g. runs/tiny after `make demo`)")
     args = parser.parse_args()
-    runs = [["bench.rm_throughput"], ["bench.ppo_iteration"]]
+    runs = [["bench.rm_throughput"], ["bench.ppo_iteration"], ["bench.label_store"]]
     if args.source:
         source = Path(args.source).resolve()
         runs += [["bench.checkpoint_overhead", "--base", str(source / "pretrain" / "model")],

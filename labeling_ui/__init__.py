@@ -1,2 +1,2 @@
-"""The human side of the pipeline: the ranking database, the Gradio app, simulated annotators for the
-tiny world, and the export the reward stage reads. (The app lands with the labeling issue.)"""
+"""The human side of the pipeline: the ranking database (store), the Gradio app (app), agreement
+statistics, export snapshots in the reward stage's format, and simulated annotators for the tiny world."""

@@ -10,6 +10,7 @@ responses are ties: one tier.
 from __future__ import annotations
 
 import random
+import secrets
 
 from labeling_ui.agreement import pairwise_agreement
 from tiny_world import Task, true_score
@@ -61,3 +62,38 @@ def calibrate_noise(ranked: list[tuple[Task, list[str]]], target: float = INSTRU
         else:
             high = middle
     return (low + high) / 2
+
+
+def label_through_store(store, annotators: list[SimulatedAnnotator], tasks: dict[str, Task]) -> dict[str, int]:
+    """The simulated annotators work through the store as people do in the app: each in turn takes
+    its next task, ranks the candidates in their display order, rates each (Likert from its tier) and
+    submits, until no task is left. A prompt whose candidates are all identical is skipped, as a
+    person would skip it. `tasks` maps prompt text to its tiny-world task. Returns the counts."""
+    from labeling_ui.store import LabelingError
+
+    users = {}
+    for annotator in annotators:
+        try:
+            users[annotator.annotator_id] = store.user(annotator.annotator_id).id
+        except LabelingError:
+            users[annotator.annotator_id] = store.add_user(annotator.annotator_id, "annotator", secrets.token_hex(16))
+    counts = {"submitted": 0, "skipped": 0}
+    working = list(annotators)
+    while working:
+        for annotator in list(working):
+            user = users[annotator.annotator_id]
+            task = store.next_task(user)
+            if task is None:
+                working.remove(annotator)
+                continue
+            ids = [c for c, _ in task.candidates]
+            tiers = annotator.rank(tasks[task.prompt], [text for _, text in task.candidates])
+            if len(tiers) < 2:
+                store.skip(user, task.assignment_id, "identical candidates")
+                counts["skipped"] += 1
+                continue
+            ranking = [[ids[i] for i in tier] for tier in tiers]
+            likert = {c: 7 - round(6 * t / (len(tiers) - 1)) for t, tier in enumerate(ranking) for c in tier}
+            store.submit(user, task.assignment_id, ranking, likert, idempotency_key=f"{user}:{task.assignment_id}")
+            counts["submitted"] += 1
+    return counts

@@ -1,4 +1,4 @@
-"""rlhf: run, submit and inspect the RLHF pipeline's stages.
+"""rlhf: run, submit and inspect the RLHF pipeline's stages, and serve the ranking app.
 
 The `rlhf` command (also `python -m pipeline`). Heavy imports happen inside the commands, so
 `rlhf --help` is instant."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from labeling_ui.cli import add_commands as add_label_commands
 from pipeline.errors import EXIT_BAD_INPUT, InputError
 
 
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show every stage's state in a run directory")
     status.add_argument("run_dir")
     status.set_defaults(func=_status)
+
+    add_label_commands(commands)
     return parser
 
 

@@ -133,13 +133,37 @@ class SFTSection(TrainSection):
 
 class SampleSection(Section):
     prompts: int = Field(1000, ge=1, description="Prompts to sample candidates for.")
+    prompt_file: DatasetSource | None = Field(
+        None, description="Prompts to sample for (a `prompt` field, plain or conversational); null: the tiny world's."
+    )
     k: int = Field(4, ge=2, le=9, description="Candidates per prompt (InstructGPT: 4 to 9).")
+    policies: dict[str, str] | None = Field(
+        None,
+        description="Policies to sample from (name -> local model directory); the K candidates of a prompt are "
+        "spread over them in turn. null: the SFT policy alone.",
+    )
     temperature: float = Field(1.0, gt=0.0, description="Sampling temperature.")
     max_new_tokens: int = Field(32, ge=1, description="Longest candidate, in tokens.")
     batch_size: int = Field(64, ge=1, description="Prompts per generate call.")
-    annotators: int = Field(5, ge=2, description="Simulated annotators; each prompt is ranked by one of them.")
+
+
+class LabelingSection(Section):
+    mode: Literal["simulated", "human"] = Field(
+        "simulated",
+        description="simulated: the tiny world's simulated annotators rank every prompt, unattended. human: the "
+        "pipeline stops at the label stage (awaiting_labels) until min_rankings are in (rlhf label serve).",
+    )
+    database: str | None = Field(None, description="SQLAlchemy URL of the ranking database; null: SQLite at DIR/labels.db.")
+    min_rankings: int = Field(200, ge=1, description="Rankings needed before the reward model trains (human mode).")
+    overlap_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="Prompts ranked by two annotators, for the agreement figures."
+    )
+    gold_every: int = Field(0, ge=0, description="Every n-th task of an annotator is a gold item (0: none).")
+    reservation_minutes: float = Field(30.0, gt=0.0, description="How long a task stays reserved for an idle annotator.")
+    guideline_version: str = Field("v1", description="Recorded with every ranking and export.")
+    simulated_annotators: int = Field(5, ge=2, description="Simulated annotators (simulated mode).")
     annotator_agreement: float = Field(
-        0.726, gt=0.5, lt=1.0, description="Inter-annotator agreement the noise is calibrated to (InstructGPT: 0.726)."
+        0.726, gt=0.5, lt=1.0, description="Inter-annotator agreement the simulated noise is calibrated to (InstructGPT: 0.726)."
     )
     annotator_noise: float | None = Field(
         None, ge=0.0, description="Gaussian noise on the true score; null: calibrated to annotator_agreement."
@@ -288,6 +312,7 @@ class Config(Section):
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
     sft: SFTSection = Field(default_factory=SFTSection)
     sample: SampleSection = Field(default_factory=SampleSection)
+    labeling: LabelingSection = Field(default_factory=LabelingSection)
     rm: RMSection = Field(default_factory=RMSection)
     ppo: PPOSection = Field(default_factory=PPOSection)
     eval: EvalSection = Field(default_factory=EvalSection)

@@ -9,3 +9,15 @@ EXIT_BAD_INPUT = 2
 
 class InputError(Exception):
     """Bad input from the user, reported as one clear line (exit status 2)."""
+
+
+EXIT_AWAITING_LABELS = 3
+
+
+class AwaitingLabels(Exception):
+    """The label stage has fewer human rankings than it needs: the run pauses (state awaiting_labels,
+    exit status 3) until annotators have ranked enough and `rlhf run --resume` goes on."""
+
+    def __init__(self, progress: str, metrics: dict[str, float]):
+        super().__init__(progress)
+        self.metrics = metrics

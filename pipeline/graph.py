@@ -41,9 +41,12 @@ STAGES: tuple[Stage, ...] = (
     # pretrain builds the tiny world's base model; a real base model (model.name_or_path) skips it
     Stage("pretrain", (), ("model", "world", "data.pretrain", "pretrain"), lambda c: c.model.name_or_path is None),
     Stage("sft", ("pretrain",), ("model", "world", "data.sft", "data.pretrain", "sft")),
-    # sample draws K candidates per prompt from the SFT policy and has them ranked; a rankings file skips it
+    # sample draws K candidates per prompt from the SFT policy into the ranking database; label has them
+    # ranked (simulated annotators, or people in `rlhf label serve`) and exports the rankings; a
+    # rankings file skips both
     Stage("sample", ("sft",), ("world", "sample"), lambda c: c.data.rankings is None),
-    Stage("rm", ("sft", "sample"), ("world", "data.sft", "data.rankings", "rm")),
+    Stage("label", ("sample",), ("labeling",), lambda c: c.data.rankings is None),
+    Stage("rm", ("sft", "label"), ("world", "data.sft", "data.rankings", "rm")),
     Stage("ppo", ("sft", "rm"), ("world", "data.pretrain", "ppo"), input_replaced=_ppo_input_replaced),
     # the same PPO without the pretraining mix, for the eval stage's comparison
     Stage(

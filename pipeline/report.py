@@ -80,7 +80,7 @@ def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, cali
                 axis.bar([i + k * width for i in range(len(families))], [policy["per_family"][f][key] for f in families], width, label=name)
             axes[0][-1].hist(policy["scores"], bins=12, range=bins, histtype="step", label=name)
         for axis, (_, title) in zip(axes[0], panels):
-            axis.set_xticks([i + 0.4 - width / 2 for i in range(len(families))], families, fontsize=7)
+            axis.set_xticks([i + 0.4 - width / 2 for i in range(len(families))], families, fontsize=7, rotation=30)
             axis.set_title(title, fontsize=9)
         axes[0][-1].set_title(f"{'true' if families else 'reward-model'} score distribution", fontsize=9)
         axes[0][-1].legend(fontsize=7)

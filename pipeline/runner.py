@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from pipeline.config import Config, dump_config, load_config
-from pipeline.errors import EXIT_BAD_INPUT, InputError
+from pipeline.errors import EXIT_AWAITING_LABELS, EXIT_BAD_INPUT, InputError
 from pipeline.files import atomic_write_text
 from pipeline.graph import STAGE_NAMES, enabled_stages, fingerprints, inputs_of
 from pipeline.lock import PARENT_ENV, RunLock
 from pipeline.ray_env import set_worker_env
-from pipeline.run_dir import DONE, RunDir
+from pipeline.run_dir import AWAITING_LABELS, DONE, RunDir
 
 
 def select_stages(config: Config, requested: str | None) -> list[str]:
@@ -110,6 +110,10 @@ def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: st
                 code = run_stage_job(name, config, run, address)
             else:
                 code = run_stage_process(name, resolved_path, run, ray_address)
+            if run.stage_record(name).get("status") == AWAITING_LABELS:
+                print(f"[rlhf] {name}: awaiting labels, {run.stage_record(name).get('progress', '')}. Annotators rank in "
+                      f"`rlhf label serve --run-dir {run.root}`; then `rlhf run --run-dir {run.root} --resume` goes on.", flush=True)
+                sys.exit(EXIT_AWAITING_LABELS)
             if code != 0:
                 print(f"[rlhf] stage {name} failed (exit {code}); see {run.log_path(name)}", file=sys.stderr)
                 sys.exit(code if code == EXIT_BAD_INPUT else 1)

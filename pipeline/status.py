@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pipeline.errors import InputError
-from pipeline.run_dir import RunDir
+from pipeline.run_dir import AWAITING_LABELS, RunDir
 
 HEADLINE = {
     "pretrain": "final_loss",
     "sft": "heldout_exact_match",
-    "sample": "sample/annotator_agreement",
+    "sample": "sample/prompts",
+    "label": "label/pairwise_agreement",
     "rm": "rm/heldout_accuracy",
     "ppo": "ppo/best_validation_score",
     "ppo_no_ptx": "ppo/best_validation_score",
@@ -34,7 +35,8 @@ def status_rows(run_dir: str) -> list[dict[str, str]]:
                 "fingerprint": record.get("fingerprint", ""),
                 "job id": record.get("job_id") or "",
                 "duration": duration,
-                "headline": f"{metric_name} {value:.3f}" if value is not None else record.get("error") or "",
+                "headline": record.get("progress") if record.get("status") == AWAITING_LABELS
+                else f"{metric_name} {value:.3f}" if value is not None else record.get("error") or "",
             }
         )
     return rows

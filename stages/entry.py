@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline.config import Config, dump_config, load_config
-from pipeline.errors import EXIT_BAD_INPUT, InputError
+from pipeline.errors import EXIT_AWAITING_LABELS, EXIT_BAD_INPUT, AwaitingLabels, InputError
 from pipeline.files import atomic_write_text
 from pipeline.graph import fingerprints, require_inputs
 from pipeline.lock import RunLock, die_with_parent
-from pipeline.run_dir import DONE, FAILED, RUNNING, RunDir
+from pipeline.run_dir import AWAITING_LABELS, DONE, FAILED, RUNNING, RunDir
 
 
 @dataclass
@@ -44,7 +44,7 @@ def prepare(stage: str, config: Config, run_dir: RunDir) -> tuple[str, bool]:
     require_inputs(stage, config, run_dir)
     prints = fingerprints(config)
     record = run_dir.stage_record(stage)
-    resume = record.get("fingerprint") == prints[stage] and record.get("status") in (RUNNING, FAILED)
+    resume = record.get("fingerprint") == prints[stage] and record.get("status") in (RUNNING, FAILED, AWAITING_LABELS)
     return prints[stage], resume
 
 
@@ -68,6 +68,10 @@ def run_stage(stage: str, body: StageFn, argv: list[str] | None = None) -> None:
         started = True
         result = body(config, run_dir, resume)
         run_dir.update_stage(stage, status=DONE, outputs=result.outputs, metrics=result.metrics)
+    except AwaitingLabels as exc:
+        run_dir.update_stage(stage, status=AWAITING_LABELS, error=None, metrics=exc.metrics, progress=str(exc))
+        print(f"[{stage}] awaiting labels: {exc}", flush=True)
+        sys.exit(EXIT_AWAITING_LABELS)
     except InputError as exc:
         if started:
             run_dir.update_stage(stage, status=FAILED, error=str(exc))

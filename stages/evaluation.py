@@ -13,11 +13,16 @@ from tiny_world import Example, exact_match, true_score
 MAX_NEW_TOKENS = 32
 
 
+def first_line(text: str) -> str:
+    """A tiny-world answer: the response up to its first newline."""
+    return text.split("\n", 1)[0].strip()
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW_TOKENS, do_sample: bool = False,
-             batch_size: int = 64, temperature: float = 1.0) -> list[str]:
-    """Responses to `prompts` (greedy, or sampled at `temperature`), cut at EOS and at the first
-    newline (answers are one line)."""
+             batch_size: int = 64, temperature: float = 1.0, one_line: bool = True) -> list[str]:
+    """Responses to `prompts` (greedy, or sampled at `temperature`), cut at EOS, and with `one_line`
+    at the first newline (a tiny-world answer is one line)."""
     tokenizer.padding_side = "left"
     model.eval()
     responses = []
@@ -33,7 +38,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW
             eos_token_id=tokenizer.eos_token_id,
         )
         texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        responses.extend(first_line(text) for text in texts)
+        responses.extend(first_line(text) if one_line else text.strip() for text in texts)
     return responses
 
 
@@ -63,11 +68,6 @@ def heldout_report(model_dir: str | Path, world_section: WorldSection, tokenizer
     }
     report.update({f"exact_match/{family}": mean([family], 0) for family in by_family})
     return report
-
-
-def first_line(text: str) -> str:
-    """A tiny-world answer: the response up to its first newline."""
-    return text.split("\n", 1)[0].strip()
 
 
 @torch.no_grad()

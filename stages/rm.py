@@ -2,7 +2,7 @@
 App. C.2): all C(K,2) strict pairs of one prompt in one batch element, ties dropped, one epoch.
 
 Reads:  DIR/sft/model (or rm.model) to initialise from; data.rankings (a K-way labeling export or
-        pairwise records) or DIR/sample/rankings.jsonl; data.sft or the tiny world's demonstrations
+        pairwise records) or DIR/label/rankings.jsonl; data.sft or the tiny world's demonstrations
         for the normalisation.
 Writes: DIR/rm/model (AutoModelForSequenceClassification, num_labels=1, `reward_bias` in config.json;
         with rm.lora also DIR/rm/adapter), DIR/rm/checkpoints, metrics.jsonl, tensorboard/, and the
@@ -31,7 +31,7 @@ from stages.sample import world_tasks
 def rankings_path(config: Config, run_dir: RunDir) -> tuple[Path, str | None]:
     if config.data.rankings is not None:
         return Path(config.data.rankings.path), config.data.rankings.split
-    return run_dir.stage_dir("sample") / "rankings.jsonl", None
+    return run_dir.stage_dir("label") / "rankings.jsonl", None
 
 
 def group_texts(group: RankingGroup, eos_token: str) -> list[str]:

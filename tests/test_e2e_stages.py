@@ -104,7 +104,7 @@ def test_resume_of_a_finished_run_reruns_nothing_and_status_shows_it(zero3_run):
     run_dir, _ = zero3_run
     before = (run_dir / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
     again = run(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--resume", "--set", "deepspeed.zero_stage=3", *sum((["--set", s] for s in QUICK), [])])
-    for stage in ("pretrain", "sft", "sample", "rm", "ppo", "ppo_no_ptx", "eval"):
+    for stage in ("pretrain", "sft", "sample", "label", "rm", "ppo", "ppo_no_ptx", "eval"):
         assert f"{stage}: done with this config, skipped" in again.stdout
     assert (run_dir / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == before
     refused = run(["-m", "pipeline", "run", "--run-dir", str(run_dir)], check=False)
@@ -117,10 +117,14 @@ def test_resume_of_a_finished_run_reruns_nothing_and_status_shows_it(zero3_run):
 def test_zero3_reward_model_loads_with_auto_class_and_scores_normalised(zero3_run):
     run_dir, stdout = zero3_run
     manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
-    sample, rm = manifest["sample"]["metrics"], manifest["rm"]["metrics"]
-    assert abs(sample["sample/annotator_agreement"] - 0.726) < 0.03
-    assert rm["rm/heldout_prompts"] + rm["rm/train_prompts"] == sample["sample/ranked_prompts"] > 550
-    assert rm["rm/heldout_prompts"] == round(0.1 * sample["sample/ranked_prompts"])
+    label, rm = manifest["label"]["metrics"], manifest["rm"]["metrics"]
+    # simulated annotators through the ranking database: 10% of the prompts ranked twice
+    assert abs(label["label/pairwise_agreement"] - 0.726) < 0.06 and label["label/overlap_prompts"] > 30
+    assert 0.0 < label["label/krippendorff_alpha"] < 1.0 and 0.0 < label["label/kendall_tau_b"] < 1.0
+    sampled = manifest["sample"]["metrics"]["sample/prompts"]
+    assert sampled - label["label/skipped"] <= label["label/prompts"] <= sampled  # all-identical candidates are skipped
+    assert rm["rm/heldout_prompts"] + rm["rm/train_prompts"] == label["label/prompts"] > 550
+    assert rm["rm/heldout_prompts"] == round(0.1 * label["label/prompts"])
     assert rm["rm/heldout_accuracy"] > 0.55 and rm["rm/true_order_accuracy"] > 0.6  # a short run, still learning
     for name in ("rm/heldout_ceiling_accuracy", "rm/true_order_accuracy/style_pairs", "rm/true_order_accuracy/correctness_pairs"):
         assert 0.0 <= rm[name] <= 1.0
@@ -306,6 +310,48 @@ def test_lora_sft_on_local_files_survives_a_killed_worker(zero3_run, tmp_path):
         merged_logits, adapter_logits, base_logits = (m(ids).logits for m in (merged, adapter, base_model))
     assert torch.allclose(merged_logits, adapter_logits, atol=1e-4)
     assert not torch.allclose(merged_logits, base_logits, atol=1e-3)  # the adapters learned something
+
+
+def test_human_labeling_pauses_the_run_until_enough_rankings_are_in(zero3_run, tmp_path):
+    """labeling.mode human: the run stops at label (awaiting_labels, progress in `rlhf status`);
+    annotators rank in the real app; `rlhf run --resume` then exports their rankings."""
+    import shutil
+    import uuid
+
+    from gradio_client import Client
+
+    from labeling_ui.cli import run_store
+    from labeling_ui.server_process import ServerProcess
+
+    source, _ = zero3_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("labels.db*", "ppo*", "eval", "rm", "label", "labeling"))
+    human = ["--set", "deepspeed.zero_stage=3", *sum((["--set", s] for s in QUICK), []), "--set", "sample.prompts=12",
+             "--set", "labeling.mode=human", "--set", "labeling.min_rankings=5"]
+    paused = run(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--resume", "--stages", "sample,label", *human], check=False)
+    assert paused.returncode == 3 and "label: awaiting labels, 0 of 5 rankings in (0 of 12 prompts ranked)" in paused.stdout
+    status = run(["-m", "pipeline", "status", str(run_dir)]).stdout
+    assert "awaiting_labels" in status and "0 of 5 rankings in" in status
+
+    store, _ = run_store(str(run_dir))
+    store.add_user("ann", "annotator", "correct horse battery")
+    server = ServerProcess(run_dir).start()
+    try:
+        api = Client(server.url, auth=("ann", "correct horse battery"), verbose=False, analytics_enabled=False)
+        for _ in range(5):
+            task = api.predict(api_name="/next_task")
+            labels = [c["label"] for c in task["candidates"]]
+            api.predict(task["assignment_id"], [labels[:1], labels[1:]], {label: 4 for label in labels}, {}, 6, "",
+                        str(uuid.uuid4()), api_name="/submit_ranking")
+    finally:
+        server.kill()
+    resumed = run(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--resume", "--stages", "sample,label", *human])
+    assert "sample: done with this config, skipped" in resumed.stdout
+    label = json.loads((run_dir / "manifest.json").read_text())["stages"]["label"]
+    assert label["status"] == "done" and label["metrics"]["label/rankings"] == 5
+    exported = read_jsonl(run_dir / "label" / "rankings.jsonl")
+    assert len(exported) == 5 and {r["annotator_id"] for r in exported} == {"ann"}
+    assert all(len(r["ranking"]) == 2 and r["confidence"] == 6 for r in exported)
 
 
 @pytest.mark.parametrize(

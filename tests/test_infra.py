@@ -18,7 +18,7 @@ from pipeline.ray_env import WORKER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
-STAGES = ("pretrain", "sft", "sample", "rm", "ppo")
+STAGES = ("pretrain", "sft", "sample", "label", "rm", "ppo")
 CLUSTER_KEYS = {
     "cluster_name", "max_workers", "upscaling_speed", "docker", "idle_timeout_minutes", "provider", "auth",
     "available_node_types", "head_node_type", "file_mounts", "setup_commands", "head_start_ray_commands",

@@ -1,0 +1,122 @@
+"""The ranking app under load: 20 annotators at once, each a gradio_client session (logged in, over
+HTTP) against a real `rlhf label serve` process on a real SQLite database, taking its next task and
+submitting a ranking as fast as it can. Prints the submit latency (p50, p95; goal p95 under 200 ms)
+and the rankings per second the server sustains; then the same work straight on the store (no HTTP,
+20 threads), the database's own ceiling.
+
+    python -m bench.label_store [--annotators 20] [--per-annotator 20] [--k 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from bench import record
+
+PASSWORD = "benchmark password"
+
+
+def records(n: int, k: int) -> list[dict]:
+    return [{"prompt_id": f"p{i:05d}", "prompt": f"Q: question {i}?\nA:",
+             "candidates": [{"id": f"c{j + 1}", "text": f"answer {j} to question {i}.", "policy": "sft"} for j in range(k)]}
+            for i in range(n)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def run_threads(names: list[str], work) -> float:
+    errors: list[BaseException] = []
+
+    def guarded(name):
+        try:
+            work(name)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after every thread has ended
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(name,)) for name in names]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - started
+
+
+def over_http(run_dir: Path, names: list[str], per_annotator: int) -> tuple[list[float], float]:
+    from gradio_client import Client
+
+    from labeling_ui.server_process import ServerProcess
+
+    server = ServerProcess(run_dir).start()
+    latencies: list[float] = []
+    try:
+        clients = {name: Client(server.url, auth=(name, PASSWORD), verbose=False, analytics_enabled=False, download_files=False)
+                   for name in names}
+
+        def work(name):
+            api = clients[name]
+            for _ in range(per_annotator):
+                task = api.predict(api_name="/next_task")
+                labels = [c["label"] for c in task["candidates"]]
+                started = time.perf_counter()
+                api.predict(task["assignment_id"], [[label] for label in labels], {label: 4 for label in labels}, {}, 5, "",
+                            str(uuid.uuid4()), api_name="/submit_ranking")
+                latencies.append(time.perf_counter() - started)
+
+        seconds = run_threads(names, work)
+    finally:
+        server.kill()
+    return latencies, seconds
+
+
+def on_the_store(store, users: dict[str, str], per_annotator: int) -> float:
+    def work(name):
+        for _ in range(per_annotator):
+            task = store.next_task(users[name])
+            ids = [c for c, _ in task.candidates]
+            store.submit(users[name], task.assignment_id, [[c] for c in ids], {c: 4 for c in ids}, idempotency_key=str(uuid.uuid4()))
+
+    return run_threads(list(users), work)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--annotators", type=int, default=20)
+    parser.add_argument("--per-annotator", type=int, default=20)
+    parser.add_argument("--k", type=int, default=4)
+    args = parser.parse_args()
+    from labeling_ui.cli import run_store
+
+    total = args.annotators * args.per_annotator
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        store, _ = run_store(str(run_dir))
+        store.import_records(records(2 * total, args.k))
+        names = [f"annotator{i}" for i in range(args.annotators)]
+        users = {name: store.add_user(name, "annotator", PASSWORD) for name in names}
+        latencies, seconds = over_http(run_dir, names, args.per_annotator)
+        store_seconds = on_the_store(store, users, args.per_annotator)
+        assert len(store.rankings()) == 2 * total  # every acknowledged ranking is stored, once
+    p50, p95 = 1000 * percentile(latencies, 50), 1000 * percentile(latencies, 95)
+    print(f"workload: {args.annotators} annotators x {args.per_annotator} rankings of K = {args.k}, SQLite (WAL, synchronous=FULL)")
+    print(f"submit latency over HTTP     p50 {p50:6.1f} ms   p95 {p95:6.1f} ms   (goal: p95 < 200 ms)")
+    print(f"rankings per second, HTTP    {total / seconds:6.1f}   (next task + submit per ranking)")
+    print(f"rankings per second, store   {total / store_seconds:6.1f}   (the same work without HTTP)")
+    record("label_store", f"submit latency p50, {args.annotators} annotators", p50, "ms")
+    record("label_store", f"submit latency p95, {args.annotators} annotators", p95, "ms", "< 200")
+    record("label_store", "rankings per second over HTTP", total / seconds, "rankings/s")
+    record("label_store", "rankings per second on the store", total / store_seconds, "rankings/s")
+
+
+if __name__ == "__main__":
+    main()

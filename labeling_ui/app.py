@@ -1,0 +1,340 @@
+"""The ranking app (`rlhf label serve`): a Gradio Blocks app over the ranking database.
+
+What Gradio's known traps ask of it (labeling spec section 2): no module-level mutable state (every
+session's work lives in the database, keyed by the authenticated user); the annotator id comes from
+the authenticated request, never from a form field; drafts are saved on the server at every change,
+so a refresh or a closed tab loses nothing; every submit carries an idempotency key; prompts and
+candidates are shown in read-only text boxes, which render text and never HTML; admin actions check
+the role on the server; bound to 127.0.0.1 with no share link and no file components.
+
+Programmatic clients (gradio_client) get the same operations as API endpoints: next_task,
+submit_ranking, save_draft, skip_task.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from labeling_ui.export import agreement, export_snapshot
+from labeling_ui.store import FLAGS, MAX_K, MAX_NOTE, SKIP_REASONS, LabelingError, LabelStore, Task, blind_label
+
+LIKERT = list(range(1, 8))
+CONFIDENCE = list(range(1, 10))
+NO_TASK = "Nothing left to rank: thank you. New prompts appear here when they are imported."
+
+
+class LoginThrottle:
+    """At most `attempts` failed logins per user name in `window` seconds (slows password guessing)."""
+
+    def __init__(self, attempts: int = 5, window: float = 300.0):
+        self.attempts, self.window = attempts, window
+        self.failures: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def allow(self, name: str) -> bool:
+        with self.lock:
+            recent = [t for t in self.failures.get(name, []) if time.monotonic() - t < self.window]
+            self.failures[name] = recent
+            return len(recent) < self.attempts
+
+    def failed(self, name: str) -> None:
+        with self.lock:
+            self.failures.setdefault(name, []).append(time.monotonic())
+
+
+@dataclass
+class Slot:
+    """One candidate's widgets; slot i shows the i-th candidate of the display order."""
+    group: Any
+    text: Any
+    likert: Any
+    rank: Any
+    flags: Any
+
+
+def refusals_shown(fn):
+    """The store's refusals (LabelingError) reach the annotator as a message, in the browser or in the
+    API response, instead of a server error."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LabelingError as exc:
+            raise gr.Error(str(exc)) from None
+    return wrapped
+
+
+def likert_contradictions(ranks: dict[str, int], likert: dict[str, int]) -> list[tuple[str, str]]:
+    """Pairs (a, b) where a is ranked above b but rated lower: worth a second look before submitting."""
+    rated = [c for c in ranks if c in likert]
+    return [(a, b) for a in rated for b in rated if ranks[a] < ranks[b] and likert[a] < likert[b]]
+
+
+def tiers_from_ranks(ranks: dict[str, int]) -> list[list[str]]:
+    """Rank numbers (1 = best; equal numbers are ties) to tiers, best first."""
+    return [[c for c, r in ranks.items() if r == value] for value in sorted(set(ranks.values()))]
+
+
+def ranks_from_tiers(tiers: list[list[str]]) -> dict[str, int]:
+    return {c: position + 1 for position, tier in enumerate(tiers) for c in tier}
+
+
+def request_user(store: LabelStore, request: gr.Request):
+    """The annotator of this request: the user name Gradio's login put there, never a form field."""
+    if request is None or not request.username:
+        raise gr.Error("Sign in first.")
+    return store.user(request.username)
+
+
+def build_app(store: LabelStore, exports_dir: str | Path) -> gr.Blocks:
+    def user_of(request: gr.Request):
+        return request_user(store, request)
+
+    def admin_of(request: gr.Request):
+        user = user_of(request)
+        if user.role != "admin":
+            raise gr.Error("Only an admin can do this.")
+        return user
+
+    # ---- the annotator's screen: task <-> widgets ----------------------------------------------
+
+    def progress_text(user_id: str) -> str:
+        p = store.progress(user_id)
+        return f"Submitted {p['submitted']} · skipped {p['skipped']} · open prompts left {p['remaining']}"
+
+    def render(task: Task | None, values: dict | None, user_id: str, editing: bool = False) -> list:
+        """Updates for every output of `screen` (below), showing `task` filled with `values` (a draft
+        or a submission: likert, ranks, flags by candidate id; confidence; note)."""
+        values = values or {}
+        session = {"assignment_id": task.assignment_id, "key": str(uuid.uuid4()), "editing": editing,
+                   "opened": time.time()} if task else {}
+        updates: list = [session, gr.update(value=task.prompt if task else NO_TASK)]
+        candidates = task.candidates if task else []
+        for i in range(MAX_K):
+            if i < len(candidates):
+                cid, text = candidates[i]
+                updates += [gr.update(visible=True), gr.update(value=text),
+                            gr.update(value=values.get("likert", {}).get(cid)),
+                            gr.update(choices=list(range(1, len(candidates) + 1)), value=values.get("ranks", {}).get(cid)),
+                            gr.update(value=values.get("flags", {}).get(cid, []))]
+            else:
+                updates += [gr.update(visible=False), gr.update(value=""), gr.update(value=None), gr.update(value=None),
+                            gr.update(value=[])]
+        complete = task is not None and is_complete(candidates, values)
+        updates += [gr.update(value=values.get("confidence")), gr.update(value=values.get("note", "")),
+                    gr.update(interactive=complete), gr.update(interactive=task is not None and not editing),
+                    progress_text(user_id), gr.update(choices=submitted_choices(user_id), value=None)]
+        return updates
+
+    def is_complete(candidates, values: dict) -> bool:
+        ids = [c for c, _ in candidates]
+        return all(values.get("likert", {}).get(c) in LIKERT for c in ids) and all(values.get("ranks", {}).get(c) for c in ids)
+
+    def submitted_choices(user_id: str) -> list[tuple[str, str]]:
+        return [(prompt[:80], aid) for aid, prompt in store.submitted(user_id)]
+
+    def values_of(task: Task, data: dict) -> dict:
+        """likert, ranks and flags by candidate id, confidence and note, from the widgets' values."""
+        values: dict = {"likert": {}, "ranks": {}, "flags": {}, "confidence": data[confidence], "note": data[note] or ""}
+        for i, (cid, _) in enumerate(task.candidates):
+            likert, rank, flags = data[slots[i].likert], data[slots[i].rank], data[slots[i].flags]
+            if likert is not None:
+                values["likert"][cid] = int(likert)
+            if rank is not None:
+                values["ranks"][cid] = int(rank)
+            if flags:
+                values["flags"][cid] = list(flags)
+        return values
+
+    def open_task(request: gr.Request):
+        user = user_of(request)
+        task = store.next_task(user.id)
+        draft = store.draft(user.id, task.assignment_id) if task else None
+        return [*render(task, draft, user.id), gr.update(visible=user.role == "admin"), f"Signed in as **{user.name}** ({user.role})"]
+
+    def autosave(data: dict, request: gr.Request):
+        user = user_of(request)
+        if not data[state].get("assignment_id"):
+            return gr.update(interactive=False), ""
+        task = store.task(user.id, data[state]["assignment_id"])
+        values = values_of(task, data)
+        store.save_draft(user.id, task.assignment_id, values)
+        labels = {cid: blind_label(i) for i, (cid, _) in enumerate(task.candidates)}
+        clashes = likert_contradictions(values["ranks"], values["likert"])
+        warning = "; ".join(f"{labels[a]} is ranked above {labels[b]} but rated lower" for a, b in clashes)
+        return gr.update(interactive=is_complete(task.candidates, values)), f"Check: {warning}." if warning else ""
+
+    @refusals_shown
+    def submit(data: dict, request: gr.Request):
+        user = user_of(request)
+        session = data[state]
+        task = store.task(user.id, session["assignment_id"])
+        values = values_of(task, data)
+        store.submit(user.id, task.assignment_id, tiers_from_ranks(values["ranks"]), values["likert"], values["flags"],
+                     int(values["confidence"]) if values["confidence"] else None, values["note"],
+                     int(1000 * (time.time() - session["opened"])), idempotency_key=session["key"])
+        gr.Info("Edit saved." if session.get("editing") else "Submitted.")
+        following = store.next_task(user.id)
+        return render(following, store.draft(user.id, following.assignment_id) if following else None, user.id)
+
+    @refusals_shown
+    def skip(session: dict, reason: str | None, request: gr.Request):
+        user = user_of(request)
+        if not reason:
+            raise gr.Error("Choose a reason to skip.")
+        store.skip(user.id, session.get("assignment_id", ""), reason)
+        following = store.next_task(user.id)
+        return render(following, store.draft(user.id, following.assignment_id) if following else None, user.id)
+
+    @refusals_shown
+    def edit(assignment_id: str | None, request: gr.Request):
+        user = user_of(request)
+        if not assignment_id:
+            raise gr.Error("Choose one of your submissions.")
+        task, latest = store.task(user.id, assignment_id), store.latest_submission(user.id, assignment_id)
+        return render(task, {**latest, "ranks": ranks_from_tiers(latest["tiers"])}, user.id, editing=True)
+
+    # ---- the admin's screen ---------------------------------------------------------------------
+
+    def admin_view(request: gr.Request):
+        admin_of(request)
+        coverage, report = store.coverage(), agreement(store)
+
+        def fmt(value):
+            return "n/a" if value is None else f"{value:.3f}"
+
+        summary = (f"**Coverage**: {coverage['ranked_prompts']} of {coverage['prompts']} prompts ranked.  \n"
+                   f"**Agreement** over {report['overlap_prompts']} prompts ranked twice: pairwise {fmt(report['pairwise_agreement'])}, "
+                   f"Kendall tau-b {fmt(report['kendall_tau_b'])}, Krippendorff's alpha (ordinal) {fmt(report['krippendorff_alpha'])}")
+        rows = [[name, c["submitted"], c["skipped"], c["reserved"],
+                 fmt(report["per_annotator"].get(name, {}).get("pairwise_agreement"))]
+                for name, c in sorted(coverage["per_annotator"].items())]
+        return summary, rows
+
+    def export(request: gr.Request):
+        admin_of(request)
+        snapshot = export_snapshot(store, exports_dir)
+        return f"Snapshot: `{snapshot.name}` ({sum(1 for _ in open(snapshot / 'rankings.jsonl'))} rankings)"
+
+    # ---- layout ---------------------------------------------------------------------------------
+
+    with gr.Blocks(title="Rank responses") as app:
+        state = gr.State({})
+        with gr.Row():
+            signed_in = gr.Markdown(elem_id="signed-in")
+            gr.Button("Log out", link="/logout", size="sm", scale=0)
+        with gr.Tab("Rank"):
+            progress = gr.Markdown(elem_id="progress")
+            prompt = gr.Textbox(label="Prompt", interactive=False, lines=2, elem_id="prompt")
+            slots = []
+            for i in range(MAX_K):
+                with gr.Group(visible=False) as group:
+                    text = gr.Textbox(label=f"Response {blind_label(i)}", interactive=False, elem_id=f"candidate-{i}")
+                    with gr.Row():
+                        likert = gr.Radio(LIKERT, label="Overall quality (1 = terrible, 7 = excellent)", elem_id=f"likert-{i}")
+                        rank = gr.Radio([], label="Rank (1 = best; give two responses the same rank to tie them)",
+                                        elem_id=f"rank-{i}")
+                    flags = gr.CheckboxGroup([(meaning, name) for name, meaning in FLAGS.items()], label="Flags", elem_id=f"flags-{i}")
+                slots.append(Slot(group, text, likert, rank, flags))
+            confidence = gr.Radio(CONFIDENCE, label="Confidence in this ranking (1-9, optional)", elem_id="confidence")
+            note = gr.Textbox(label="Note (optional)", max_length=MAX_NOTE, elem_id="note")
+            consistency = gr.Markdown(elem_id="consistency")
+            with gr.Row():
+                submit_button = gr.Button("Submit", variant="primary", interactive=False, elem_id="submit")
+                skip_reason = gr.Radio(list(SKIP_REASONS), label="Skip reason", elem_id="skip-reason")
+                skip_button = gr.Button("Skip", elem_id="skip")
+            with gr.Accordion("Edit one of your submissions", open=False):
+                mine = gr.Dropdown([], label="Your submissions", elem_id="mine")
+                edit_button = gr.Button("Edit", elem_id="edit")
+        with gr.Tab("Admin", visible=False, elem_id="admin-tab") as admin_tab:
+            admin_summary = gr.Markdown(elem_id="admin-summary")
+            table = gr.Dataframe(headers=["annotator", "submitted", "skipped", "reserved", "agreement"], interactive=False)
+            with gr.Row():
+                refresh_button = gr.Button("Refresh", elem_id="admin-refresh")
+                export_button = gr.Button("Export snapshot", elem_id="export")
+            export_result = gr.Markdown(elem_id="export-result")
+
+        widgets = [w for s in slots for w in (s.likert, s.rank, s.flags)] + [confidence, note]
+        screen = [state, prompt, *[w for s in slots for w in (s.group, s.text, s.likert, s.rank, s.flags)],
+                  confidence, note, submit_button, skip_button, progress, mine]
+        app.load(open_task, None, [*screen, admin_tab, signed_in])
+        for widget in widgets:
+            widget.input(autosave, {state, *widgets}, [submit_button, consistency], show_progress="hidden")
+        submit_button.click(submit, {state, *widgets}, screen)
+        skip_button.click(skip, [state, skip_reason], screen)
+        edit_button.click(edit, [mine], screen)
+        refresh_button.click(admin_view, None, [admin_summary, table])
+        export_button.click(export, None, export_result)
+        add_api(store)
+    return app
+
+
+def add_api(store: LabelStore) -> None:
+    """The same operations for programmatic clients; candidates go by their blinded labels."""
+
+    def user_id(request: gr.Request) -> str:
+        return request_user(store, request).id
+
+    def labels(task: Task) -> dict[str, str]:
+        return {blind_label(i): cid for i, (cid, _) in enumerate(task.candidates)}
+
+    def next_task(request: gr.Request) -> dict:
+        task = store.next_task(user_id(request))
+        if task is None:
+            return {}
+        return {"assignment_id": task.assignment_id, "prompt": task.prompt,
+                "candidates": [{"label": blind_label(i), "text": text} for i, (_, text) in enumerate(task.candidates)]}
+
+    def submit_ranking(assignment_id: str, tiers: list, likert: dict, flags: dict, confidence: int | None, note: str,
+                       idempotency_key: str, request: gr.Request) -> dict:
+        uid = user_id(request)
+        by_label = labels(store.task(uid, assignment_id))
+
+        def ids(items):
+            unknown = [label for label in items if label not in by_label]
+            if unknown:
+                raise LabelingError(f"no candidate labelled {unknown[0]!r}; the labels are {sorted(by_label)}")
+            return [by_label[label] for label in items]
+
+        submission = store.submit(uid, assignment_id, [ids(tier) for tier in tiers], dict(zip(ids(likert), likert.values())),
+                                  dict(zip(ids(flags or {}), (flags or {}).values())), confidence, note or "",
+                                  idempotency_key=idempotency_key)
+        return {"submission_id": submission}
+
+    def save_draft(assignment_id: str, draft: dict, request: gr.Request) -> dict:
+        store.save_draft(user_id(request), assignment_id, draft)
+        return {"saved": True}
+
+    def skip_task(assignment_id: str, reason: str, request: gr.Request) -> dict:
+        store.skip(user_id(request), assignment_id, reason)
+        return {"skipped": True}
+
+    for fn in (next_task, submit_ranking, save_draft, skip_task):
+        gr.api(refusals_shown(fn), api_name=fn.__name__)
+
+
+def serve(store: LabelStore, exports_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 32) -> None:
+    """Run the app until interrupted: login against the store's users, no share link, no file access."""
+    throttle = LoginThrottle()
+
+    def login(name: str, password: str) -> bool:
+        if not throttle.allow(name):
+            return False
+        ok = store.authenticate(name, password) is not None
+        if not ok:
+            throttle.failed(name)
+        return ok
+
+    app = build_app(store, exports_dir)
+    app.queue(default_concurrency_limit=concurrency)
+    print(f"[label] serving on http://{host}:{port}", flush=True)
+    app.launch(server_name=host, server_port=port, auth=login, share=False, allowed_paths=[], ssr_mode=False,
+               footer_links=[], quiet=True, show_error=True)

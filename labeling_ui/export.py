@@ -1,0 +1,84 @@
+"""Exports of the ranking database (labeling spec section 6): immutable snapshots, each a folder with
+
+  rankings.jsonl   K-way, one record per submitted ranking (its latest version), tiers best first:
+                   what the reward stage reads (InstructGPT's grouping: all C(K,2) pairs of a prompt
+                   in one batch element, ties dropped)
+  pairs.jsonl      the same as pairwise prompt/chosen/rejected records for other tools (TRL's
+                   RewardTrainer, OpenRLHF), with group_id so a loader can keep a prompt's pairs together
+  manifest.json    counts, each file's SHA-256, the agreement figures, guideline versions, time
+
+Multi-annotator policy (spec 6.3 a): each annotator's ranking is its own group (group_id = prompt id
+and annotator), as summarize-from-feedback keeps its worker ids. Gold items are never exported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from labeling_ui.agreement import agreement_report, pair_orders
+from labeling_ui.store import LabelStore
+
+POLICY = "each annotator's ranking is its own group (labeling spec 6.3 a); gold items are not exported"
+
+
+def pairwise_records(rankings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every strictly ordered pair of every ranking as prompt/chosen/rejected; tied pairs are dropped."""
+    pairs = []
+    for record in rankings:
+        texts = {c["id"]: c["text"] for c in record["candidates"]}
+        for (first, second), order in pair_orders(record["ranking"]).items():
+            chosen, rejected = (first, second) if order > 0 else (second, first)
+            pairs.append({"prompt": record["prompt"], "chosen": texts[chosen], "rejected": texts[rejected],
+                          "group_id": f"{record['prompt_id']}:{record['annotator_id']}"})
+    return pairs
+
+
+def _jsonl(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
+
+
+def agreement(store: LabelStore) -> dict[str, Any]:
+    return agreement_report([(r["prompt_id"], r["annotator_id"], r["ranking"]) for r in store.rankings()])
+
+
+def export_snapshot(store: LabelStore, exports_dir: str | os.PathLike) -> Path:
+    """Write a new snapshot folder under `exports_dir` and return it. The folder is named by time and
+    content hash and written whole before it appears (a temporary folder renamed into place); an
+    export of unchanged data returns the existing snapshot instead of a copy."""
+    rankings = store.rankings()
+    files = {"rankings.jsonl": _jsonl(rankings), "pairs.jsonl": _jsonl(pairwise_records(rankings))}
+    digests = {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()}
+    content = hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:12]
+    exports_dir = Path(exports_dir)
+    exports_dir.mkdir(parents=True, exist_ok=True)
+    for existing in sorted(exports_dir.glob(f"*-{content}")):
+        return existing
+    report = agreement_report([(r["prompt_id"], r["annotator_id"], r["ranking"]) for r in rankings])
+    manifest = {
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "counts": {"rankings": len(rankings), "prompts": len({r["prompt_id"] for r in rankings}),
+                   "annotators": len({r["annotator_id"] for r in rankings}), "pairs": files["pairs.jsonl"].count("\n")},
+        "sha256": digests,
+        "agreement": report,
+        "guideline_versions": sorted({r["guideline_version"] for r in rankings}),
+        "multi_annotator_policy": POLICY,
+    }
+    name = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{content}"
+    tmp = exports_dir / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for file_name, text in {**files, "manifest.json": json.dumps(manifest, indent=2, sort_keys=True) + "\n"}.items():
+        with open(tmp / file_name, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    for path in tmp.iterdir():
+        path.chmod(0o444)  # a snapshot is read, never rewritten
+    tmp.rename(exports_dir / name)
+    return exports_dir / name

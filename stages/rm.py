@@ -67,7 +67,9 @@ def rm(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     for group in heldout:
         scores.append(flat[start : start + len(group.responses)])
         start += len(group.responses)
-    metrics = {"rm/train_prompts": len(train), "rm/heldout_prompts": len(heldout), "rm/bias": scored["bias"]}
+    # a prompt ranked by two annotators is two rankings (groups) of one prompt
+    metrics = {"rm/train_prompts": len({g.prompt for g in train}), "rm/heldout_prompts": len({g.prompt for g in heldout}),
+               "rm/train_rankings": len(train), "rm/heldout_rankings": len(heldout), "rm/bias": scored["bias"]}
     if heldout:
         metrics.update(label_metrics(heldout, scores, config.rm.margin))
         bins = calibration_bins(*calibration_pairs(heldout, scores))

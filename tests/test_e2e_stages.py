@@ -125,6 +125,7 @@ def test_zero3_reward_model_loads_with_auto_class_and_scores_normalised(zero3_ru
     assert sampled - label["label/skipped"] <= label["label/prompts"] <= sampled  # all-identical candidates are skipped
     assert rm["rm/heldout_prompts"] + rm["rm/train_prompts"] == label["label/prompts"] > 550
     assert rm["rm/heldout_prompts"] == round(0.1 * label["label/prompts"])
+    assert rm["rm/heldout_rankings"] + rm["rm/train_rankings"] == label["label/rankings"] > label["label/prompts"]
     assert rm["rm/heldout_accuracy"] > 0.55 and rm["rm/true_order_accuracy"] > 0.6  # a short run, still learning
     for name in ("rm/heldout_ceiling_accuracy", "rm/true_order_accuracy/style_pairs", "rm/true_order_accuracy/correctness_pairs"):
         assert 0.0 <= rm[name] <= 1.0
@@ -326,10 +327,14 @@ def test_human_labeling_pauses_the_run_until_enough_rankings_are_in(zero3_run, t
     source, _ = zero3_run
     run_dir = tmp_path / "run"
     shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("labels.db*", "ppo*", "eval", "rm", "label", "labeling"))
+    policies = f"sample.policies={{sft: {run_dir / 'sft' / 'model'}, base: {run_dir / 'pretrain' / 'model'}}}"
     human = ["--set", "deepspeed.zero_stage=3", *sum((["--set", s] for s in QUICK), []), "--set", "sample.prompts=12",
-             "--set", "labeling.mode=human", "--set", "labeling.min_rankings=5"]
+             "--set", policies, "--set", "labeling.mode=human", "--set", "labeling.min_rankings=5"]
     paused = run(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--resume", "--stages", "sample,label", *human], check=False)
     assert paused.returncode == 3 and "label: awaiting labels, 0 of 5 rankings in (0 of 12 prompts ranked)" in paused.stdout
+    candidates = read_jsonl(run_dir / "sample" / "candidates.jsonl")
+    assert len(candidates) == 12 and all([c["policy"] for c in r["candidates"]] == ["sft", "base"] * 2 for r in candidates)
+    assert candidates[0]["candidates"][1]["sampling"]["checkpoint"] == str(run_dir / "pretrain" / "model")
     status = run(["-m", "pipeline", "status", str(run_dir)]).stdout
     assert "awaiting_labels" in status and "0 of 5 rankings in" in status
 

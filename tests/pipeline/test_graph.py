@@ -33,6 +33,8 @@ def test_a_rankings_file_skips_sampling_and_labeling_and_an_rm_change_reruns_onl
     assert [s for s in base if base[s] != sample_changed[s]] == ["sample", "label", "rm", "ppo", "ppo_no_ptx", "eval"]
     labeling_changed = fingerprints(load_config(None, ["labeling.overlap_fraction=0.2"]))
     assert [s for s in base if base[s] != labeling_changed[s]] == ["label", "rm", "ppo", "ppo_no_ptx", "eval"]
+    selection_changed = fingerprints(load_config(None, ["labeling.select=diverse"]))  # other prompts get candidates
+    assert [s for s in base if base[s] != selection_changed[s]] == ["sample", "label", "rm", "ppo", "ppo_no_ptx", "eval"]
     ppo_changed = fingerprints(load_config(None, ["ppo.kl_coef=0.05"]))
     assert [s for s in base if base[s] != ppo_changed[s]] == ["ppo", "ppo_no_ptx", "eval"]
     assert "ppo_no_ptx" not in fingerprints(load_config(None, ["eval.compare_without_ptx=false"]))

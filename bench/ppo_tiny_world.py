@@ -51,7 +51,7 @@ def main() -> None:
 
     print(f"\n{'policy':<15}{'greedy true':>12}{'sampled true':>14}{'greedy EM':>11}{'win rate':>10}{'KL to SFT':>11}"
           f"{'LM loss':>9}{'iterations':>12}")
-    for name, m in results.items():
+    for name, m in ((n, results[n]) for n in ("sft", *VARIANTS)):
         print(f"{name:<15}{m['true_score']:>12.3f}{m['sampled_true_score']:>14.3f}{m['exact_match']:>11.3f}{m['win_rate_vs_sft']:>10.3f}"
               f"{m['kl_to_sft']:>11.2f}{m['lm_loss']:>9.4f}{iterations.get(name, 0):>12.0f}")
     sft, ptx = results["sft"], results["ppo-ptx"]

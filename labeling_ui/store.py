@@ -280,6 +280,10 @@ class LabelStore:
                     raise LabelingError(f"{where}: expected string fields 'prompt_id' and 'prompt'")
                 if not isinstance(candidates, list) or not MIN_K <= len(candidates) <= MAX_K:
                     raise LabelingError(f"{where}: expected {MIN_K} to {MAX_K} candidates, got {len(candidates or [])}")
+                if not all(isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("text"), str) for c in candidates):
+                    raise LabelingError(f"{where}: every candidate needs string fields 'id' and 'text'")
+                if len({c["id"] for c in candidates}) != len(candidates):
+                    raise LabelingError(f"{where}: candidate ids repeat")
                 if record["prompt_id"] in known:
                     continue
                 known.add(record["prompt_id"])

@@ -16,14 +16,13 @@ Writes: an immutable export snapshot DIR/labeling/exports/<time>-<hash>/ (K-way 
 from __future__ import annotations
 
 import json
-import shutil
 
 from labeling_ui.export import export_snapshot
 from labeling_ui.simulated import SimulatedAnnotator, calibrate_noise, label_through_store
 from labeling_ui.store import open_run_store
 from pipeline.config import Config
 from pipeline.errors import AwaitingLabels, InputError
-from pipeline.files import read_jsonl
+from pipeline.files import atomic_write_text, read_jsonl
 from pipeline.run_dir import RunDir
 from stages.entry import StageResult, run_stage
 from stages.sample import world_tasks
@@ -61,8 +60,7 @@ def label(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
                              {"label/rankings": float(ranked), "label/min_rankings": float(config.labeling.min_rankings)})
     # 3. an immutable snapshot, and its K-way file where the rm stage reads it
     snapshot = export_snapshot(store, run_dir.root / "labeling" / "exports")
-    shutil.copyfile(snapshot / "rankings.jsonl", run_dir.stage_dir(STAGE) / "rankings.jsonl.tmp")
-    (run_dir.stage_dir(STAGE) / "rankings.jsonl.tmp").replace(run_dir.stage_dir(STAGE) / "rankings.jsonl")
+    atomic_write_text(run_dir.stage_dir(STAGE) / "rankings.jsonl", (snapshot / "rankings.jsonl").read_text())
     manifest = json.loads((snapshot / "manifest.json").read_text())
     agreement = {k: float(v) for k, v in manifest["agreement"].items() if isinstance(v, (int, float))}
     metrics.update({"label/rankings": float(manifest["counts"]["rankings"]), "label/prompts": float(manifest["counts"]["prompts"]),

@@ -12,14 +12,13 @@ Writes: DIR/sample/candidates.jsonl  one record per prompt: prompt_id, prompt, c
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 from labeling_ui.store import open_run_store
 from pipeline.config import Config
 from pipeline.errors import InputError
-from pipeline.files import atomic_write_jsonl
+from pipeline.files import atomic_write_jsonl, read_jsonl
 from pipeline.run_dir import RunDir
 from stages.data import make_world, prompts_from_file
 from stages.entry import StageResult, run_stage
@@ -137,13 +136,8 @@ def sample(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
 
 def world_tasks(rankings_path) -> dict[str, Task]:
     """The tiny-world task behind each prompt of a candidates or rankings file, keyed by prompt text."""
-    tasks = {}
-    with open(rankings_path) as lines:
-        for line in lines:
-            record = json.loads(line)
-            task = record["world_task"]
-            tasks[record["prompt"]] = Task(task["family"], tuple(task["args"]), task["answer"])
-    return tasks
+    return {r["prompt"]: Task(r["world_task"]["family"], tuple(r["world_task"]["args"]), r["world_task"]["answer"])
+            for r in read_jsonl(rankings_path)}
 
 
 def main(argv: list[str] | None = None) -> None:

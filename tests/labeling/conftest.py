@@ -4,6 +4,7 @@ headless Chromium driven by Playwright."""
 from __future__ import annotations
 
 import shutil
+import threading
 
 import pytest
 
@@ -69,3 +70,21 @@ def log_in(browser, url: str, name: str):
     page.get_by_role("button", name="Login").click()
     page.wait_for_selector("#signed-in:has-text('Signed in as')", timeout=30000)
     return page
+
+
+def run_concurrently(work, args) -> list[Exception]:
+    """work(arg) on one thread per arg, all at once; the exceptions they raised."""
+    errors: list[Exception] = []
+
+    def guarded(arg):
+        try:
+            work(arg)
+        except Exception as exc:  # noqa: BLE001 - returned to the test, which asserts on them
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(arg,)) for arg in args]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

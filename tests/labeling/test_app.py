@@ -13,7 +13,7 @@ from labeling_ui.cli import run_store
 from labeling_ui.server_process import ServerProcess
 from labeling_ui.store import Submission
 
-from .conftest import PASSWORD, candidate_records, log_in
+from .conftest import PASSWORD, candidate_records, log_in, run_concurrently
 
 pytestmark = pytest.mark.slow
 
@@ -114,25 +114,18 @@ def test_twenty_concurrent_annotators_submit_two_hundred_rankings(run_dir):
     for name in names:
         store.add_user(name, "annotator", PASSWORD)
     server = ServerProcess(run_dir).start()
-    errors, acknowledged = [], []
+    acknowledged = []
     try:
         def work(name):
-            try:
-                api = client(server.url, name)
-                for _ in range(10):
-                    task = api.predict(api_name="/next_task")
-                    labels = [c["label"] for c in task["candidates"]]
-                    result = api.predict(task["assignment_id"], [[label] for label in labels], {label: 4 for label in labels}, {},
-                                         5, "", str(uuid.uuid4()), api_name="/submit_ranking")
-                    acknowledged.append(result["submission_id"])
-            except Exception as exc:  # noqa: BLE001 - collected and asserted below
-                errors.append(exc)
+            api = client(server.url, name)
+            for _ in range(10):
+                task = api.predict(api_name="/next_task")
+                labels = [c["label"] for c in task["candidates"]]
+                result = api.predict(task["assignment_id"], [[label] for label in labels], {label: 4 for label in labels}, {},
+                                     5, "", str(uuid.uuid4()), api_name="/submit_ranking")
+                acknowledged.append(result["submission_id"])
 
-        threads = [threading.Thread(target=work, args=(name,)) for name in names]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        errors = run_concurrently(work, names)
     finally:
         server.kill()
     assert errors == []

@@ -1,12 +1,13 @@
 """The ranking database on a real SQLite file: assignment, validation, idempotency, edits, drafts,
 isolation between annotators, concurrency."""
 
-import threading
 import time
 
 import pytest
 
 from labeling_ui.store import LabelingError, LabelStore, sqlite_url
+
+from .conftest import run_concurrently
 
 
 def records(n, k=4):
@@ -31,6 +32,12 @@ def test_import_is_idempotent_and_checks_records(tmp_path, store):
     assert store.import_records(records(8)) == 2  # six were there
     with pytest.raises(LabelingError, match="file.jsonl record 1: expected 2 to 9 candidates, got 1"):
         store.import_records([{"prompt_id": "x", "prompt": "q", "candidates": [{"id": "c1", "text": "a"}]}], "file.jsonl")
+    two = [{"id": "c1", "text": "a"}, {"id": "c1", "text": "b"}]
+    with pytest.raises(LabelingError, match="file.jsonl record 1: candidate ids repeat"):
+        store.import_records([{"prompt_id": "x", "prompt": "q", "candidates": two}], "file.jsonl")
+    with pytest.raises(LabelingError, match="record 2: every candidate needs string fields 'id' and 'text'"):
+        store.import_records([records(1)[0] | {"prompt_id": "y"}, {"prompt_id": "z", "prompt": "q", "candidates": [{"id": "c1"}] * 2}])
+    assert store.import_records(records(8)) == 0  # a refused file adds nothing, not even its good records
 
 
 def test_passwords_are_salted_hashes_and_checked(store):
@@ -155,21 +162,12 @@ def test_twenty_concurrent_annotators_store_exactly_their_rankings(tmp_path):
     store = LabelStore(sqlite_url(tmp_path / "labels.db"), overlap_fraction=0.0)
     store.import_records(records(200))
     users = [store.add_user(f"a{i}", "annotator", "password1") for i in range(20)]
-    errors = []
-
     def work(user):
-        try:
-            for _ in range(10):
-                task = store.next_task(user)
-                store.submit(user, task.assignment_id, **full_submission(task), idempotency_key=f"{user}-{task.assignment_id}")
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
+        for _ in range(10):
+            task = store.next_task(user)
+            store.submit(user, task.assignment_id, **full_submission(task), idempotency_key=f"{user}-{task.assignment_id}")
 
-    threads = [threading.Thread(target=work, args=(u,)) for u in users]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_concurrently(work, users)
     assert errors == []
     stored = store.rankings()
     assert len(stored) == 200 and len({r["prompt_id"] for r in stored}) == 200

@@ -89,8 +89,69 @@ class DatasetSource(Section):
     split: str | None = Field(None, description="Split to take from a saved DatasetDict.")
 
 
+class MixtureDataset(Section):
+    name: str = Field(description="The dataset's name in the mixture (and in the report).")
+    family: str | None = Field(None, description="A tiny-world task family to draw the dataset from (instead of path).")
+    size: int | None = Field(
+        None, ge=1, description="Tiny world: examples to generate (N_i of the mixing rule). Files: all records."
+    )
+    path: str | None = Field(None, description="A local .jsonl/.json/.parquet file of records (instead of family).")
+    templates: list[str] | None = Field(
+        None,
+        description="Files: prompt templates over a record's fields (\"{question}\"), used in turn as FLAN does. "
+        "Tiny world: the family's own wordings.",
+    )
+    target: str = Field("{target}", description="Files: the completion's template over a record's fields.")
+    options_field: str | None = Field(None, description="Files: a field holding the answer choices (a list of strings).")
+    definition: str | None = Field(None, description="Files: the task definition for the niv2 style.")
+    input: str | None = Field(None, description="Files: the instance's input for the niv2 style (default: the first template).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MixtureDataset:
+        if (self.family is None) == (self.path is None):
+            raise ValueError(f"dataset {self.name!r}: give exactly one of family (tiny world) or path (a local file)")
+        if self.family is not None and self.size is None:
+            raise ValueError(f"dataset {self.name!r}: a tiny-world family needs size (examples to generate)")
+        if self.path is not None and not self.templates:
+            raise ValueError(f"dataset {self.name!r}: a file needs templates (prompt templates over its fields)")
+        return self
+
+
+class NIv2Section(Section):
+    definition: bool = Field(True, description="Start with the task's definition.")
+    positives: int = Field(2, ge=0, description="Positive examples (input and correct output) before the instance.")
+    negatives: int = Field(0, ge=0, description="Negative examples (a wrong output); tiny-world families only.")
+    max_tokens: int = Field(
+        1024, ge=16, description="Token budget of the prompt (Tk-Instruct: 1024); examples that do not fit are dropped."
+    )
+
+
+class MixtureSection(Section):
+    datasets: list[MixtureDataset] = Field(min_length=1, description="The datasets of the mixture.")
+    examples: int = Field(4000, ge=1, description="Training examples drawn from the mixture.")
+    rule: Literal["examples_proportional", "t0_cap"] = Field(
+        "examples_proportional",
+        description="examples_proportional: FLAN's p_i = min(N_i, cap)^(1/T) / sum_j (...); t0_cap: every "
+        "(dataset, template) pair is a task with T0's per-prompt cap.",
+    )
+    cap: int | None = Field(3000, ge=1, description="Mixing-rate cap K (FLAN: 3000); null: no cap.")
+    per_dataset_max: int | None = Field(30000, ge=1, description="Examples kept per dataset (FLAN: 30000); null: all.")
+    temperature: float = Field(1.0, gt=0.0, description="Mixing temperature T (1: examples-proportional).")
+    t0_threshold: int = Field(500_000, ge=1, description="t0_cap: datasets above this many examples are capped.")
+    style: Literal["flan", "niv2"] = Field(
+        "flan", description="flan: a template's instruction; niv2: Tk-Instruct's definition + examples + input."
+    )
+    options_suffix: bool = Field(True, description="flan: append FLAN's OPTIONS block where a dataset has answer choices.")
+    niv2: NIv2Section = Field(default_factory=NIv2Section)
+
+
 class DataSection(Section):
     sft: DatasetSource | None = Field(None, description="SFT demonstrations; null: the tiny world's demonstrator.")
+    mixture: MixtureSection | None = Field(
+        None,
+        description="FLAN / T0 / Tk-Instruct-style instruction data for SFT instead of data.sft: datasets with "
+        "templates, mixed by a capped examples-proportional rule.",
+    )
     pretrain: DatasetSource | None = Field(
         None, description="Pretraining text (pretrain stage, SFT mix); null: the tiny world's corpus."
     )
@@ -100,6 +161,12 @@ class DataSection(Section):
         "(TRL prompt/chosen/rejected, Anthropic HH). null: the sample stage's candidates, ranked by "
         "simulated annotators (tiny world).",
     )
+
+    @model_validator(mode="after")
+    def _one_sft_source(self) -> DataSection:
+        if self.sft is not None and self.mixture is not None:
+            raise ValueError("data.sft and data.mixture are both set; SFT takes one: remove one of them")
+        return self
 
 
 class TrainSection(Section):

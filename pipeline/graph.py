@@ -40,14 +40,14 @@ def _eval_input_replaced(config: Config, name: str) -> bool:
 STAGES: tuple[Stage, ...] = (
     # pretrain builds the tiny world's base model; a real base model (model.name_or_path) skips it
     Stage("pretrain", (), ("model", "world", "data.pretrain", "pretrain"), lambda c: c.model.name_or_path is None),
-    Stage("sft", ("pretrain",), ("model", "world", "data.sft", "data.pretrain", "sft")),
+    Stage("sft", ("pretrain",), ("model", "world", "data.sft", "data.mixture", "data.pretrain", "sft")),
     # sample draws K candidates per prompt from the SFT policy into the ranking database; label has them
     # ranked (simulated annotators, or people in `rlhf label serve`) and exports the rankings; a
     # rankings file skips both
     Stage("sample", ("sft",), ("world", "sample", "labeling.select", "labeling.embedder", "labeling.dedup_threshold",
                                "labeling.pool_factor"), lambda c: c.data.rankings is None),
     Stage("label", ("sample",), ("labeling",), lambda c: c.data.rankings is None),
-    Stage("rm", ("sft", "label"), ("world", "data.sft", "data.rankings", "rm")),
+    Stage("rm", ("sft", "label"), ("world", "data.sft", "data.mixture", "data.rankings", "rm")),
     Stage("ppo", ("sft", "rm"), ("world", "data.pretrain", "ppo"), input_replaced=_ppo_input_replaced),
     # the same PPO without the pretraining mix, for the eval stage's comparison
     Stage(
@@ -58,7 +58,7 @@ STAGES: tuple[Stage, ...] = (
         input_replaced=_ppo_input_replaced,
     ),
     # eval.policies and eval.reward_model evaluate models on disk instead of the pipeline's
-    Stage("eval", ("pretrain", "sft", "rm", "ppo", "ppo_no_ptx"), ("world", "eval", "rm.max_length", "ppo.reward_model"),
+    Stage("eval", ("pretrain", "sft", "rm", "ppo", "ppo_no_ptx"), ("world", "data.mixture", "eval", "rm.max_length", "ppo.reward_model"),
           input_replaced=_eval_input_replaced),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)

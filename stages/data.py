@@ -17,7 +17,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
-from pipeline.config import DatasetSource, WorldSection
+from pipeline.config import DataSection, DatasetSource, WorldSection
 from pipeline.errors import InputError
 from tiny_world import TinyWorld
 
@@ -184,12 +184,22 @@ def pretraining_text(data_source: DatasetSource | None, world: WorldSection) -> 
     return Dataset.from_dict({"text": make_world(world).corpus(world.corpus_docs)})
 
 
-def sft_dataset(data_source: DatasetSource | None, world: WorldSection, tokenizer) -> Dataset:
-    """Demonstrations as prompt/completion strings: from a file, or the tiny world's demonstrator."""
-    if data_source is not None:
-        return sft_dataset_from_file(data_source, tokenizer)
+def sft_dataset(data: DataSection, world: WorldSection, tokenizer, seed: int = 0) -> Dataset:
+    """Demonstrations as prompt/completion strings: from a file (data.sft), an instruction mixture
+    (data.mixture), or the tiny world's demonstrator."""
+    if data.sft is not None:
+        return sft_dataset_from_file(data.sft, tokenizer)
+    if data.mixture is not None:
+        from stages.instruction_data import build_mixture
+
+        records = build_mixture(data.mixture, make_world(world), token_counter(tokenizer), seed)
+        return Dataset.from_dict({"prompt": records["prompt"], "completion": records["completion"]})
     demos = make_world(world).demonstrations(world.demonstrations)
     return Dataset.from_dict({"prompt": [e.prompt for e, _ in demos], "completion": [r for _, r in demos]})
+
+
+def token_counter(tokenizer):
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def mix_pretraining(demos: Dataset, text: Dataset, ratio: float) -> Dataset:

@@ -27,7 +27,7 @@ from pipeline.run_dir import RunDir
 from stages.data import make_world, prompts_from_file, text_dataset_from_file
 from stages.entry import StageResult, run_stage
 from stages.eval_metrics import win_rate
-from stages.evaluation import evaluate_lm_loss, judge, respond, world_scores
+from stages.evaluation import evaluate_lm_loss, judge, respond, world_prompts, world_scores
 from stages.modeling import check_model_dir, load_tokenizer
 
 STAGE = "eval"
@@ -82,6 +82,8 @@ def summarise(result: dict, baseline: dict) -> dict:
     if "family" in result:
         summary["heldout_family_true_score"] = mean(over("true_score", held))
         summary["heldout_family_exact_match"] = mean(over("exact_match", held))
+        summary["heldout_family_ni_exact_match"] = mean(over("ni_exact_match", held))
+        summary["heldout_family_rouge_l"] = mean(over("rouge_l", held))
         summary["per_family"] = {
             f: {k: mean([result[k][i] for i, fam in enumerate(result["family"]) if fam == f]) for k in ("true_score", "exact_match")}
             for f in sorted(set(result["family"]))
@@ -100,7 +102,7 @@ def evaluate(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     if config.eval.prompts is None:
         world = make_world(config.world)
         examples = world.heldout_examples(config.world.eval_per_family)
-        prompts = [e.prompt for e in examples]
+        prompts = world_prompts(examples, world, config.data.mixture, tokenizer)
         corpus = world.corpus(config.eval.corpus_docs, split="heldout")
     else:
         examples = None

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import WorldSection
+from pipeline.config import MixtureSection, WorldSection
 from stages.data import make_world
-from tiny_world import Example, exact_match, true_score
+from tiny_world import Example, TinyWorld, exact_match, true_score
 
 MAX_NEW_TOKENS = 32
 
@@ -42,17 +42,29 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW
     return responses
 
 
-def heldout_report(model_dir: str | Path, world_section: WorldSection, tokenizer_dir: str | Path | None = None) -> dict[str, float]:
-    """Greedy held-out exact match and true score of a model on the tiny world: over held-out
-    instances of the training families (the headline), per family, and over held-out families."""
-    from transformers import AutoModelForCausalLM
+def world_prompts(examples: list[Example], world: TinyWorld, mixture: MixtureSection | None, tokenizer) -> list[str]:
+    """The tiny world's evaluation prompts, asked in the style SFT trained on (data.mixture)."""
+    from stages.data import token_counter
+    from stages.instruction_data import world_eval_prompt
 
-    from stages.modeling import load_tokenizer
+    count_tokens = token_counter(tokenizer)
+    return [world_eval_prompt(e, mixture, world, count_tokens) for e in examples]
+
+
+def heldout_report(model_dir: str | Path, world_section: WorldSection, tokenizer_dir: str | Path | None = None,
+                   mixture: MixtureSection | None = None) -> dict[str, float]:
+    """Greedy held-out exact match and true score of a model on the tiny world: over held-out
+    instances of the training families (the headline), per family, and over held-out families
+    (with the Natural-Instructions EM and ROUGE-L there)."""
+    from stages.eval_metrics import exact_match as ni_exact_match
+    from stages.eval_metrics import rouge_l
+    from stages.modeling import load_tokenizer, load_policy
 
     world = make_world(world_section)
     examples: list[Example] = world.heldout_examples(world_section.eval_per_family)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
-    responses = generate(model, load_tokenizer(tokenizer_dir or model_dir), [e.prompt for e in examples])
+    model = load_policy(model_dir)
+    tokenizer = load_tokenizer(tokenizer_dir or model_dir)
+    responses = generate(model, tokenizer, world_prompts(examples, world, mixture, tokenizer))
     by_family: dict[str, list[tuple[bool, float]]] = {}
     for example, response in zip(examples, responses):
         by_family.setdefault(example.task.family, []).append((exact_match(example.task, response), true_score(example.task, response)))
@@ -61,13 +73,20 @@ def heldout_report(model_dir: str | Path, world_section: WorldSection, tokenizer
         values = [pair[index] for f in families for pair in by_family[f]]
         return sum(values) / len(values) if values else float("nan")
 
+    heldout_family = [(e, r) for e, r in zip(examples, responses) if e.task.family in world.heldout_families]
     report = {
         "heldout_exact_match": mean(world.train_families, 0),
         "heldout_true_score": mean(world.train_families, 1),
         "heldout_family_exact_match": mean(world.heldout_families, 0),
+        "heldout_family_ni_exact_match": _mean([ni_exact_match(r, [e.task.answer]) for e, r in heldout_family]),
+        "heldout_family_rouge_l": _mean([rouge_l(r, [e.task.answer]) if r.strip() else 0.0 for e, r in heldout_family]),
     }
     report.update({f"exact_match/{family}": mean([family], 0) for family in by_family})
     return report
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 @torch.no_grad()

@@ -5,6 +5,10 @@ Pure functions, no torch. See the seed-systems spec (spec/seed_systems.md) secti
   (30k examples per dataset, cap K = 3000), round-robin templates, the options suffix;
 - T0 (promptsource seqio tasks): a per-(dataset, prompt) cap;
 - Tk-Instruct (src/ni_collator.py): the NIv2 source text under a token budget.
+
+Then the SFT mixture of the config's `data.mixture`: datasets from local files or tiny-world task
+families, drawn by the mixing rule and rendered in FLAN's or Tk-Instruct's style; and the tiny
+world's evaluation prompts in the same style, so held-out families are asked as training asked.
 """
 
 from __future__ import annotations
@@ -12,7 +16,15 @@ from __future__ import annotations
 import random
 import string
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from pipeline.errors import InputError
+from tiny_world import FAMILIES, PROMPT_FORMAT, Example, TinyWorld
+
+if TYPE_CHECKING:
+    from pipeline.config import MixtureDataset, MixtureSection
 
 T = TypeVar("T")
 Template = str | Callable[[Mapping[str, object]], str]
@@ -179,3 +191,155 @@ def tk_instruct_prompt(
                 break
             demos += demo
     return head + demos + tail
+
+
+# ---- the SFT mixture of data.mixture ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One example of a mixture dataset, in every form a style may ask for."""
+
+    fields: Mapping[str, object]  # what templates format
+    target: str
+    input: str  # the niv2 "Input"
+    options: tuple[str, ...] | None = None
+    wrong: str | None = None  # a wrong output, for niv2 negative examples
+
+
+@dataclass(frozen=True)
+class MixtureTask:
+    """A dataset of the mixture: its instances, wordings and definition; `world` when it is a tiny-world
+    family (prompts then take the world's "Q: ...\nA: " form)."""
+
+    name: str
+    instances: list[Instance]
+    templates: tuple[str, ...]
+    definition: str
+    world: bool
+
+
+def family_instance(example: Example, rng: random.Random) -> Instance:
+    family = FAMILIES[example.task.family]
+    options = family.options(example.task) if family.options else None
+    return Instance(family.fields(example.task), example.task.answer, family.input_text(example.task), options,
+                    family.near_miss(rng, example.task))
+
+
+def family_task(world: TinyWorld, name: str, family: str, size: int) -> MixtureTask:
+    if family not in FAMILIES:
+        raise InputError(f"data.mixture dataset {name!r}: unknown tiny-world family {family!r}; known: {sorted(FAMILIES)}")
+    if family in world.heldout_families:
+        raise InputError(
+            f"data.mixture dataset {name!r}: family {family!r} is in world.heldout_families; training on it would "
+            "leak the held-out evaluation"
+        )
+    rng = random.Random(f"mixture:{name}")
+    examples = world.family_examples(family, size, stream=f"mixture:{name}")
+    return MixtureTask(name, [family_instance(e, rng) for e in examples], FAMILIES[family].templates,
+                       FAMILIES[family].definition, world=True)
+
+
+def file_task(dataset: MixtureDataset) -> MixtureTask:
+    from stages.data import open_dataset
+
+    where = f"data.mixture dataset {dataset.name!r}"
+    records = open_dataset(Path(dataset.path), f"{where} ({dataset.path})").to_list()
+    if not records:
+        raise InputError(f"{where}: {dataset.path} has no records")
+    input_template = dataset.input or dataset.templates[0]
+    instances = []
+    for index, record in enumerate(records):
+        at = f"{dataset.path} record {index}"
+        try:
+            texts = [template.format(**record) for template in (*dataset.templates, dataset.target, input_template)]
+        except KeyError as exc:
+            raise InputError(f"{at}: a template of {where} names field {exc.args[0]!r}, which the record lacks "
+                             f"(it has {sorted(record)})") from None
+        options = None
+        if dataset.options_field is not None:
+            options = record.get(dataset.options_field)
+            if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
+                raise InputError(f"{at}: {dataset.options_field!r} must be a non-empty list of strings (options_field)")
+            options = tuple(options)
+        instances.append(Instance(record, texts[-2], texts[-1], options))
+    return MixtureTask(dataset.name, instances, tuple(dataset.templates), dataset.definition or "", world=False)
+
+
+def mixture_tasks(mixture: MixtureSection, world: TinyWorld) -> list[MixtureTask]:
+    names = [d.name for d in mixture.datasets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"data.mixture.datasets: names {repeated} are used more than once")
+    tasks = [family_task(world, d.name, d.family, d.size) if d.family else file_task(d) for d in mixture.datasets]
+    if mixture.per_dataset_max is not None:
+        tasks = [MixtureTask(t.name, t.instances[: mixture.per_dataset_max], t.templates, t.definition, t.world) for t in tasks]
+    if mixture.style == "niv2":
+        too_small = [t.name for t in tasks if len(t.instances) <= mixture.niv2.positives]
+        if too_small:
+            raise InputError(f"data.mixture: datasets {too_small} have no instances left after "
+                             f"{mixture.niv2.positives} positive examples (niv2.positives)")
+        if mixture.niv2.negatives and not all(t.world for t in tasks):
+            raise InputError("data.mixture.niv2.negatives > 0 needs wrong outputs, which only tiny-world families have")
+    return tasks
+
+
+def render_prompt(task: MixtureTask, instance: Instance, template_id: int, mixture: MixtureSection,
+                  count_tokens: Callable[[str], int]) -> str:
+    """An instance's prompt in the mixture's style: FLAN's (a template, then the options block when the
+    dataset has answer choices) or Tk-Instruct's (definition, positive and negative examples, input)."""
+    if mixture.style == "niv2":
+        niv2 = mixture.niv2
+        demos = task.instances[: niv2.positives]  # a task's examples are fixed, as NIv2's are
+        return tk_instruct_prompt(
+            task.definition if niv2.definition else "",
+            [(d.input, d.target) for d in demos],
+            instance.input,
+            count_tokens,
+            niv2.max_tokens,
+            negatives=[(d.input, d.wrong) for d in demos[: niv2.negatives]],
+        )
+    text = task.templates[template_id].format(**instance.fields)
+    if mixture.options_suffix and instance.options:
+        text += "\n" + format_options(instance.options)
+    return PROMPT_FORMAT.format(instruction=text) if task.world else text
+
+
+def build_mixture(mixture: MixtureSection, world: TinyWorld, count_tokens: Callable[[str], int], seed: int) -> dict[str, list[str]]:
+    """The SFT records of data.mixture: `examples` draws by the mixing rule, each rendered in the
+    mixture's style; columns prompt, completion and dataset."""
+    tasks = {t.name: t for t in mixture_tasks(mixture, world)}
+    pools = {name: t.instances[mixture.niv2.positives :] if mixture.style == "niv2" else t.instances for name, t in tasks.items()}
+    if mixture.rule == "t0_cap":
+        # T0: every (dataset, template) pair is a task of its own, each with the dataset's per-prompt cap
+        caps = t0_rates({n: len(p) for n, p in pools.items()}, {n: len(tasks[n].templates) for n in pools}, mixture.t0_threshold)
+        pairs = {(n, i): p for n, p in pools.items() for i in range(len(tasks[n].templates))}
+        rates = {pair: float(min(len(pools[pair[0]]), caps[pair[0]])) for pair in pairs}
+        drawn = [((n, i), instance) for (n, i), instance in sample_mixture(pairs, rates, mixture.examples, seed)]
+    else:
+        rates = examples_proportional_rates({n: len(p) for n, p in pools.items()}, mixture.cap, None, mixture.temperature)
+        used: dict[str, int] = {}
+        drawn = []
+        # FLAN's round robin: a dataset's i-th drawn example takes its template i mod (number of templates)
+        for name, instance in sample_mixture(pools, rates, mixture.examples, seed):
+            drawn.append(((name, used.get(name, 0) % len(tasks[name].templates)), instance))
+            used[name] = used.get(name, 0) + 1
+    records: dict[str, list[str]] = {"prompt": [], "completion": [], "dataset": []}
+    for (name, template_id), instance in drawn:
+        records["prompt"].append(render_prompt(tasks[name], instance, template_id, mixture, count_tokens))
+        records["completion"].append(instance.target)
+        records["dataset"].append(name)
+    return records
+
+
+def world_eval_prompt(example: Example, mixture: MixtureSection | None, world: TinyWorld,
+                      count_tokens: Callable[[str], int]) -> str:
+    """A tiny-world evaluation prompt, asked the way SFT's data asked: the world's own form without a
+    mixture, else the mixture's style (niv2: the family's definition and its fixed positive examples)."""
+    if mixture is None:
+        return example.prompt
+    family = FAMILIES[example.task.family]
+    demos = world.family_examples(family.name, mixture.niv2.positives, stream=f"positives:{family.name}")
+    rng = random.Random(f"eval:{family.name}")
+    task = MixtureTask(family.name, [family_instance(e, rng) for e in demos], family.templates, family.definition, world=True)
+    return render_prompt(task, family_instance(example, rng), example.template_id, mixture, count_tokens)

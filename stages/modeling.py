@@ -97,3 +97,8 @@ def peft_config(lora: LoraSection, task_type: str = "CAUSAL_LM"):
         target_modules=lora.target_modules,
         task_type=task_type,
     )
+
+
+def load_policy(model_dir: str | Path):
+    """A model to generate with, from a directory the SFT stage (or save_pretrained) wrote."""
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)

@@ -47,7 +47,7 @@ def rm(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     # 2. comparisons split by prompt, and demonstrations for the normalisation
     path, split = rankings_path(config, run_dir)
     train, heldout = split_by_prompt(load_rankings(str(path), tokenizer, split=split), config.rm.heldout_fraction, config.run.seed)
-    demos = sft_dataset(config.data.sft, config.world, tokenizer)
+    demos = sft_dataset(config.data, config.world, tokenizer, config.run.seed)
     demos = demos.select(range(min(config.rm.normalise_on, len(demos))))
     # 3. train on the Ray workers; they save DIR/rm/model with the bias and score the held-out candidates
     job = RMJob(

@@ -38,7 +38,7 @@ def sft(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     tokenizer_dir = tokenizer_path(config.model, base)
     tokenizer = load_tokenizer(tokenizer_dir)
     # 2. data: demonstrations as prompt/completion, plus the pretraining mix
-    dataset = sft_dataset(config.data.sft, config.world, tokenizer)
+    dataset = sft_dataset(config.data, config.world, tokenizer, config.run.seed)
     if config.sft.pretrain_mix > 0:
         dataset = mix_pretraining(dataset, pretraining_text(config.data.pretrain, config.world), config.sft.pretrain_mix)
     # 3. train on the Ray workers, 4. save DIR/sft/model
@@ -60,8 +60,9 @@ def sft(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     # 5. held-out exact match of the base and the SFT model, on the tiny world's tasks
     metrics = {}
     if config.data.sft is None:
-        metrics = heldout_report(model_dir, config.world)
-        metrics["base/heldout_exact_match"] = heldout_report(base, config.world, tokenizer_dir)["heldout_exact_match"]
+        metrics = heldout_report(model_dir, config.world, mixture=config.data.mixture)
+        base_report = heldout_report(base, config.world, tokenizer_dir, config.data.mixture)
+        metrics["base/heldout_exact_match"] = base_report["heldout_exact_match"]
     return StageResult(outputs=outputs, metrics=metrics)
 
 

@@ -46,6 +46,9 @@ class Family:
     solve: Callable[..., str]
     near_miss: Callable[[random.Random, Task], str]  # a plausible wrong answer
     lazy: Callable[[Task], str]  # the lazy error: echo the input
+    definition: str  # the task stated once, Natural-Instructions style (Tk-Instruct's "Definition")
+    input_format: str  # the instance's input without an instruction (Tk-Instruct's "Input")
+    options: Callable[[Task], tuple[str, ...]] | None = None  # answer choices, for FLAN's options suffix
 
     def task(self, args: tuple[str, ...]) -> Task:
         return Task(self.name, args, self.solve(*args))
@@ -55,6 +58,9 @@ class Family:
 
     def instruction(self, task: Task, template_id: int) -> str:
         return self.templates[template_id].format(**self.fields(task))
+
+    def input_text(self, task: Task) -> str:
+        return self.input_format.format(**self.fields(task))
 
     def fact_text(self, task: Task) -> str:
         return self.fact.format(**self.fields(task))
@@ -104,6 +110,8 @@ FAMILIES: dict[str, Family] = {
             solve=lambda a, b: str(int(a) + int(b)),
             near_miss=_off_by_one,
             lazy=lambda task: task.args[0],
+            definition="Add the two numbers",
+            input_format="{a} and {b}",
         ),
         Family(
             name="sort",
@@ -118,6 +126,8 @@ FAMILIES: dict[str, Family] = {
             solve=lambda d: "".join(sorted(d)),
             near_miss=lambda rng, task: _swap_two(rng, task.answer),
             lazy=lambda task: task.args[0],
+            definition="Sort the digits of the number in ascending order",
+            input_format="{d}",
         ),
         Family(
             name="reverse",
@@ -128,6 +138,8 @@ FAMILIES: dict[str, Family] = {
             solve=lambda w: w[::-1],
             near_miss=lambda rng, task: _swap_two(rng, task.answer),
             lazy=lambda task: task.args[0],
+            definition="Write the word backwards",
+            input_format="{w}",
         ),
         Family(
             name="upper",
@@ -138,6 +150,8 @@ FAMILIES: dict[str, Family] = {
             solve=lambda w: w.upper(),
             near_miss=_lower_one,
             lazy=lambda task: task.args[0],
+            definition="Write the word in capital letters",
+            input_format="{w}",
         ),
         Family(
             name="count",
@@ -152,6 +166,9 @@ FAMILIES: dict[str, Family] = {
             solve=lambda w, l: str(w.count(l)),
             near_miss=_off_by_one,
             lazy=lambda task: task.args[1],
+            definition="Count how many times the letter appears in the word",
+            input_format="{w}, {l}",
+            options=lambda task: tuple(str(i) for i in range(len(task.args[0]) + 1)),
         ),
         Family(
             name="length",
@@ -162,6 +179,8 @@ FAMILIES: dict[str, Family] = {
             solve=lambda w: str(len(w)),
             near_miss=_off_by_one,
             lazy=lambda task: task.args[0],
+            definition="Count the letters of the word",
+            input_format="{w}",
         ),
         Family(
             name="last",
@@ -172,6 +191,9 @@ FAMILIES: dict[str, Family] = {
             solve=lambda w: w[-1],
             near_miss=lambda rng, task: task.args[0][-2],
             lazy=lambda task: task.args[0],
+            definition="Name the last letter of the word",
+            input_format="{w}",
+            options=lambda task: tuple(sorted(set(task.args[0]))),
         ),
     )
 }

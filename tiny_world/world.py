@@ -98,6 +98,17 @@ class TinyWorld:
                 examples.append(example)
         return examples
 
+    def family_examples(self, family: str, n: int, stream: str) -> list[Example]:
+        """n examples of one family from an independent `stream`: never a held-out instance of a
+        training family (a held-out family has no other instances: its examples are evaluation's)."""
+        rng = self._rng(f"family:{family}:{stream}")
+        examples = []
+        while len(examples) < n:
+            example = self._example(rng, family)
+            if family in self.heldout_families or not self.is_heldout(example.task):
+                examples.append(example)
+        return examples
+
     def heldout_examples(self, per_family: int) -> list[Example]:
         """The fixed evaluation set: `per_family` distinct held-out instances of every family
         (held-out instances of the training families, any instance of a held-out family)."""
@@ -156,4 +167,4 @@ class TinyWorld:
 
     def alphabet(self) -> str:
         """Every character the world can write: what a tokenizer must cover."""
-        return "".join(sorted(set(string.ascii_letters + string.digits + " \n.,:?!+'" + PROMPT_FORMAT.format(instruction=""))))
+        return "".join(sorted(set(string.ascii_letters + string.digits + " \n.,:?!+-'" + PROMPT_FORMAT.format(instruction=""))))

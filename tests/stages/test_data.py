@@ -5,7 +5,7 @@ import json
 import pytest
 from datasets import Dataset, DatasetDict
 
-from pipeline.config import DatasetSource, WorldSection
+from pipeline.config import DataSection, DatasetSource, WorldSection
 from pipeline.errors import InputError
 from stages.data import mix_pretraining, pretraining_text, sft_dataset
 from stages.modeling import train_char_tokenizer
@@ -27,7 +27,7 @@ PLAIN = [{"prompt": "Q: Add 1 and 2.\nA: ", "completion": "3."}, {"prompt": "Q: 
 
 
 def load(path, tokenizer, **kwargs):
-    return sft_dataset(DatasetSource(path=str(path), **kwargs), WorldSection(), tokenizer)
+    return sft_dataset(DataSection(sft=DatasetSource(path=str(path), **kwargs)), WorldSection(), tokenizer)
 
 
 def test_prompt_completion_jsonl(tmp_path, tokenizer):
@@ -110,6 +110,6 @@ def test_text_dataset_and_pretraining_mix(tmp_path, tokenizer):
 
 def test_tiny_world_defaults(tokenizer):
     world = WorldSection(demonstrations=20, corpus_docs=10)
-    demos = sft_dataset(None, world, tokenizer)
+    demos = sft_dataset(DataSection(), world, tokenizer)
     assert len(demos) == 20 and all(p.startswith("Q: ") and p.endswith("\nA: ") for p in demos["prompt"])
     assert len(pretraining_text(None, world)) == 10

@@ -1,17 +1,24 @@
 """Tests for stages/instruction_data.py: the CPU checks of the seed-systems spec
 (spec/seed_systems.md) section 4, FLAN / T0 / NIv2 (Tk-Instruct), with hand-derived values."""
 
+import json
+import re
 from collections import Counter, defaultdict
 
 import pytest
+from pydantic import ValidationError
 
+from pipeline.config import DataSection, MixtureSection
+from pipeline.errors import InputError
 from stages.instruction_data import (
     apply_templates,
+    build_mixture,
     examples_proportional_rates,
     format_options,
     sample_mixture,
     t0_rates,
     tk_instruct_prompt,
+    world_eval_prompt,
 )
 from tiny_world import TinyWorld
 from tiny_world.tasks import FAMILIES
@@ -271,3 +278,113 @@ def test_tiny_world_family_mixture():
     sampled = [example for name, example in draws if name == "add"][:30]
     texts = apply_templates([family.fields(example.task) for example in sampled], family.templates)
     assert texts == [family.instruction(example.task, i % 3) for i, example in enumerate(sampled)]
+
+
+# ---- data.mixture: the SFT mixture of the config -------------------------------------------------
+
+
+def mixture(**kwargs) -> MixtureSection:
+    datasets = kwargs.pop("datasets", [{"name": "add", "family": "add", "size": kwargs.pop("add_size", 50)},
+                                       {"name": "count", "family": "count", "size": 400},
+                                       {"name": "reverse", "family": "reverse", "size": 4000}])
+    return MixtureSection(datasets=datasets, **kwargs)
+
+
+def test_mixture_draws_by_the_capped_rule_with_round_robin_templates():
+    # N = [50, 400, 4000], cap 400: r = [50, 400, 400], so p = [50, 400, 400] / 850
+    records = build_mixture(mixture(cap=400, examples=20_000), TinyWorld(), words, seed=0)
+    counts = Counter(records["dataset"])
+    for name, rate in {"add": 50 / 850, "count": 400 / 850, "reverse": 400 / 850}.items():
+        assert counts[name] / 20_000 == pytest.approx(rate, abs=0.01)
+    # a dataset's i-th draw takes template i mod 3: the first three "add" prompts use the three wordings
+    add = [(p, c) for p, c, d in zip(records["prompt"], records["completion"], records["dataset"]) if d == "add"]
+    wordings = ["What is", "Add ", "Compute the sum"]
+    assert [next(w for w in wordings if p.startswith("Q: " + w)) for p, _ in add[:6]] == wordings * 2
+    assert all(int(p.split()[p.split().index("+") - 1]) + int(p.split()[p.split().index("+") + 1].rstrip("?")) == int(c)
+               for p, c in add if "+" in p)
+
+
+def test_mixture_per_dataset_max_truncates_before_the_rates():
+    records = build_mixture(mixture(cap=None, per_dataset_max=50, examples=6000, add_size=4000), TinyWorld(), words, seed=0)
+    counts = Counter(records["dataset"])
+    assert all(counts[name] / 6000 == pytest.approx(1 / 3, abs=0.03) for name in ("add", "count", "reverse"))
+    # "add" drew its 50 kept instances only: at most 50 distinct (a, b) pairs, out of 500 possible
+    questions = {tuple(re.findall(r"\d+", p)) for p, d in zip(records["prompt"], records["dataset"]) if d == "add"}
+    assert 20 < len(questions) <= 50
+
+
+def test_mixture_options_suffix_on_classification_families_only():
+    records = build_mixture(mixture(examples=300), TinyWorld(), words, seed=0)
+    for prompt, completion, name in zip(records["prompt"], records["completion"], records["dataset"]):
+        if name == "count":
+            word = prompt.split("OPTIONS:")[0]
+            assert "\nOPTIONS:\n- 0\n- 1\n" in prompt and prompt.endswith("\nA: ") and f"- {completion}\n" in prompt + "\n"
+            assert word
+        else:
+            assert "OPTIONS" not in prompt
+    plain = build_mixture(mixture(examples=300, options_suffix=False), TinyWorld(), words, seed=0)
+    assert not any("OPTIONS" in p for p in plain["prompt"])
+
+
+def test_mixture_t0_rule_makes_every_template_a_task():
+    # T0: (dataset, template) pairs with the per-prompt cap; N = [50, 400, 4000] are under the threshold,
+    # so a pair's rate is N: each template of a dataset is drawn equally often
+    records = build_mixture(mixture(rule="t0_cap", examples=9000), TinyWorld(), words, seed=0)
+    reverse = [p for p, d in zip(records["prompt"], records["dataset"]) if d == "reverse"]
+    by_wording = Counter(p.split()[1] for p in reverse)  # Reverse / Spell / What
+    assert len(reverse) / 9000 == pytest.approx(4000 / 4450, abs=0.02)
+    assert all(n / len(reverse) == pytest.approx(1 / 3, abs=0.03) for n in by_wording.values())
+    # threshold 300: count and reverse get 300 // 3 = 100 per prompt, add keeps N = 50 per prompt, so over
+    # the 9 pairs the rates are 3 x 50 + 3 x 100 + 3 x 100 and reverse's share is 300 / 750
+    capped = build_mixture(mixture(rule="t0_cap", t0_threshold=300, examples=9000), TinyWorld(), words, seed=0)
+    assert Counter(capped["dataset"])["reverse"] / 9000 == pytest.approx(300 / 750, abs=0.02)
+
+
+def test_mixture_niv2_style_keeps_the_task_examples_out_of_training():
+    m = mixture(style="niv2", examples=500, niv2={"positives": 2, "negatives": 1, "max_tokens": 200})
+    records = build_mixture(m, TinyWorld(), words, seed=0)
+    prompt = next(p for p, d in zip(records["prompt"], records["dataset"]) if d == "reverse")
+    assert prompt.startswith("Definition: Write the word backwards.\n\n Positive Example 1 -\nInput: ")
+    assert " Positive Example 2 -" in prompt and " Negative Example 1 -" in prompt
+    assert prompt.endswith(".\nOutput: ")
+    # a 3-instance dataset with 2 positive examples leaves 1 instance to train on: every draw asks it
+    small = build_mixture(mixture(style="niv2", examples=30, datasets=[{"name": "add", "family": "add", "size": 3}]),
+                          TinyWorld(), words, seed=0)
+    assert len(set(small["prompt"])) == 1 and len(set(small["completion"])) == 1
+
+
+def test_mixture_from_a_file_with_options(tmp_path):
+    path = tmp_path / "nli.jsonl"
+    rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "label": "yes" if i % 2 else "no", "choices": ["yes", "no"]}
+            for i in range(6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = mixture(datasets=[{"name": "nli", "path": str(path), "templates": ["{premise} Does it mean {hypothesis}?"],
+                           "target": "{label}", "options_field": "choices"}], examples=6)
+    records = build_mixture(m, TinyWorld(), words, seed=0)
+    index = records["prompt"].index("p3 Does it mean h3?\nOPTIONS:\n- yes\n- no")
+    assert records["completion"][index] == "yes"
+
+
+def test_mixture_errors_name_the_dataset_and_the_field(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"question": "q"}) + "\n")
+    bad_field = mixture(datasets=[{"name": "qa", "path": str(path), "templates": ["{question} {context}"]}])
+    with pytest.raises(InputError, match=r"qa.jsonl record 0: .*'qa'.*'context'"):
+        build_mixture(bad_field, TinyWorld(), words, seed=0)
+    with pytest.raises(InputError, match="'last' is in world.heldout_families"):
+        build_mixture(mixture(datasets=[{"name": "l", "family": "last", "size": 5}]), TinyWorld(), words, seed=0)
+    with pytest.raises(ValidationError, match="exactly one of family"):
+        mixture(datasets=[{"name": "x", "family": "add", "size": 5, "path": str(path)}])
+    with pytest.raises(ValidationError, match="data.sft and data.mixture"):
+        DataSection(sft={"path": str(path)}, mixture=mixture())
+
+
+def test_world_eval_prompts_follow_the_training_style():
+    world = TinyWorld()
+    example = next(e for e in world.heldout_examples(2) if e.task.family == "last")
+    assert world_eval_prompt(example, None, world, words) == example.prompt
+    flan = world_eval_prompt(example, mixture(), world, words)
+    assert flan.startswith(example.prompt[: -len("\nA: ")]) and "\nOPTIONS:\n- " in flan
+    niv2 = world_eval_prompt(example, mixture(style="niv2"), world, words)
+    assert niv2.startswith("Definition: Name the last letter of the word.\n\n Positive Example 1 -")
+    assert niv2.endswith(f"Input: {example.task.args[0]}.\nOutput: ")

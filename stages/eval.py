@@ -1,4 +1,5 @@
-"""Stage `eval`: what each stage bought, for the base model, SFT, PPO-ptx and PPO without ptx.
+"""Stage `eval`: what each stage bought, for the base model, SFT, PPO-ptx and PPO without ptx, and the
+other SFT methods of eval.compare_sft_methods (plain LoRA, Bitune, cmlm) with their decoding speed.
 
 On the tiny world (the default), on its held-out prompts (held-out instances of the training
 families, and the held-out families): true score, exact match, Natural-Instructions EM and ROUGE-L,
@@ -8,8 +9,9 @@ same without the figures that need a task's answer. Either way, win rates agains
 trained reward model and, when eval.heldout_reward_model is given, by one that PPO never optimised
 against (where the two judges part, the policy games the first).
 
-Reads:  DIR/{pretrain,sft,ppo,ppo_no_ptx}/model (those the config has) or eval.policies, the reward
-        model (DIR/rm/model, ppo.reward_model or eval.reward_model), the reward model's metrics.
+Reads:  DIR/{pretrain,sft,ppo,ppo_no_ptx,sft_lora,sft_bitune,sft_cmlm}/model (those the config has) or
+        eval.policies, the reward model (DIR/rm/model, ppo.reward_model or eval.reward_model), the reward
+        model's metrics.
 Writes: DIR/eval/policies.json (per policy: the figures, per family, and the per-prompt scores),
         DIR/eval/responses.jsonl (per prompt: every policy's greedy response and its scores),
         then the report (pipeline/report.py): DIR/eval/summary.json, DIR/eval/report.md and its plots.
@@ -21,14 +23,14 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.files import atomic_write_json, atomic_write_jsonl
-from pipeline.graph import inputs_of
+from pipeline.graph import SFT_METHODS, inputs_of
 from pipeline.report import build_report
 from pipeline.run_dir import RunDir
 from stages.data import make_world, prompts_from_file, text_dataset_from_file
 from stages.entry import StageResult, run_stage
 from stages.eval_metrics import win_rate
-from stages.evaluation import evaluate_lm_loss, judge, respond, world_prompts, world_scores
-from stages.modeling import check_model_dir, load_tokenizer
+from stages.evaluation import evaluate_lm_loss, judge, respond, respond_greedy, world_prompts, world_scores
+from stages.modeling import check_model_dir, load_policy, load_tokenizer
 
 STAGE = "eval"
 JUDGES = ("rm", "heldout_rm")  # figure prefixes of the trained and the held-out reward model
@@ -41,8 +43,7 @@ def policy_dirs(config: Config, run_dir: RunDir) -> dict[str, Path]:
     inputs = inputs_of(STAGE, config)
     base = run_dir.model_dir("pretrain") if "pretrain" in inputs else Path(config.model.name_or_path)
     dirs = {"base": base, "sft": run_dir.model_dir("sft"), "ppo": run_dir.model_dir("ppo")}
-    if "ppo_no_ptx" in inputs:
-        dirs["ppo_no_ptx"] = run_dir.model_dir("ppo_no_ptx")
+    dirs.update({name: run_dir.model_dir(name) for name in ("ppo_no_ptx", *(f"sft_{m}" for m in SFT_METHODS)) if name in inputs})
     return dirs
 
 
@@ -68,8 +69,9 @@ def summarise(result: dict, baseline: dict) -> dict:
     rows = [i for i, held in enumerate(result["heldout_family"]) if not held]
     held = [i for i, h in enumerate(result["heldout_family"]) if h]
     summary = {
-        "kl_to_sft": mean(result["kl_to_reference"]),
+        "kl_to_sft": mean(result.get("kl_to_reference", [])),
         "response_length": mean(result["length"]),
+        "decode_ms": result["decode_ms"],
         "lm_loss": result.get("lm_loss"),
     }
     scores = ["true_score", "exact_match", "ni_exact_match", "rouge_l", "sampled_true_score"]
@@ -94,7 +96,7 @@ def summarise(result: dict, baseline: dict) -> dict:
 
 
 def evaluate(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
-    from transformers import AutoModelForCausalLM
+    from transformers import PreTrainedModel
 
     # 1. setup: the prompts (and their tiny-world tasks), the held-out text, the policies and judges
     dirs, judges = policy_dirs(config, run_dir), judge_dirs(config, run_dir)
@@ -109,19 +111,25 @@ def evaluate(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
         prompts = prompts_from_file(config.eval.prompts, tokenizer, "eval.prompts")[: config.eval.max_prompts]
         heldout_text = config.eval.heldout_text
         corpus = text_dataset_from_file(heldout_text)["text"][: config.eval.corpus_docs] if heldout_text else []
-    sft = AutoModelForCausalLM.from_pretrained(str(dirs["sft"]), local_files_only=True).eval()
+    sft = load_policy(dirs["sft"]).eval()
 
-    # 2. every policy on the same prompts with the same sampling seed; SFT is the KL reference
+    # 2. every policy on the same prompts with the same sampling seed; SFT is the KL reference. A policy
+    # without a causal LM's likelihood (sft.method bitune or cmlm), or against such a reference, gives its
+    # greedy responses alone
     results, responses = {}, {}
+    one_line = examples is not None
     for name, directory in dirs.items():
-        policy = sft if name == "sft" else AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True).eval()
-        out = respond(policy, sft, tokenizer, prompts, config.run.seed, config.eval.max_new_tokens, one_line=examples is not None)
+        policy = sft if name == "sft" else load_policy(directory).eval()
+        if isinstance(policy, PreTrainedModel) and isinstance(sft, PreTrainedModel):
+            out = respond(policy, sft, tokenizer, prompts, config.run.seed, config.eval.max_new_tokens, one_line=one_line)
+        else:
+            out = respond_greedy(policy, load_tokenizer(directory), prompts, config.eval.max_new_tokens, one_line)
         responses[name] = out["greedy"]
-        results[name] = {"kl_to_reference": out["kl_to_reference"], "length": out["length"]}
+        results[name] = {k: out[k] for k in ("kl_to_reference", "length", "decode_ms") if k in out}
         if examples is not None:
             results[name].update(world_scores(examples, out))
         results[name]["heldout_family"] = [e.task.family in world.heldout_families for e in examples] if examples else [False] * len(prompts)
-        if corpus:
+        if corpus and isinstance(policy, PreTrainedModel):
             results[name]["lm_loss"] = evaluate_lm_loss(policy, tokenizer, corpus)
 
     # 3. the reward models judge every policy's greedy responses

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -45,10 +46,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW
 def world_prompts(examples: list[Example], world: TinyWorld, mixture: MixtureSection | None, tokenizer) -> list[str]:
     """The tiny world's evaluation prompts, asked in the style SFT trained on (data.mixture)."""
     from stages.data import token_counter
-    from stages.instruction_data import world_eval_prompt
+    from stages.instruction_data import world_eval_prompts
 
-    count_tokens = token_counter(tokenizer)
-    return [world_eval_prompt(e, mixture, world, count_tokens) for e in examples]
+    return world_eval_prompts(examples, mixture, world, token_counter(tokenizer))
 
 
 def heldout_report(model_dir: str | Path, world_section: WorldSection, tokenizer_dir: str | Path | None = None,
@@ -100,10 +100,13 @@ def respond(policy, reference, tokenizer, prompts: list[str], seed: int, max_new
 
     result: dict[str, list] = {"greedy": [], "sampled": [], "kl_to_reference": []}
     torch.manual_seed(seed)
+    greedy_seconds = 0.0
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         for key, greedy in (("greedy", True), ("sampled", False)):
+            started = time.perf_counter()
             batch = HFRollout(policy, tokenizer, max_new_tokens, greedy=greedy).generate(chunk)
+            greedy_seconds += (time.perf_counter() - started) if greedy else 0.0
             tokens = torch.where(batch.response_mask, batch.sequences[:, batch.prompt_length :], tokenizer.pad_token_id)
             texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
             result[key].extend(first_line(t) if one_line else t.strip() for t in texts)
@@ -111,24 +114,38 @@ def respond(policy, reference, tokenizer, prompts: list[str], seed: int, max_new
         kl = torch.where(batch.response_mask, batch.logprobs - token_logprobs(logits, tokens), 0.0).sum(-1)
         result["kl_to_reference"].extend(kl.tolist())
     result["length"] = [len(r.split()) for r in result["greedy"]]
+    result["decode_ms"] = 1000 * greedy_seconds / max(1, len(prompts))
     return result
+
+
+def respond_greedy(policy, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW_TOKENS,
+                   one_line: bool = False) -> dict:
+    """The greedy responses alone, for a policy without an autoregressive likelihood to compare with SFT's
+    (cmlm), or with SFT as a reference that has none; with the decoding time per response."""
+    started = time.perf_counter()
+    greedy = generate(policy, tokenizer, prompts, max_new_tokens, one_line=one_line)
+    return {"greedy": greedy, "length": [len(r.split()) for r in greedy],
+            "decode_ms": 1000 * (time.perf_counter() - started) / max(1, len(prompts))}
 
 
 def world_scores(examples: list[Example], responses: dict[str, list]) -> dict[str, list]:
     """Per example, against the tiny world's task: the greedy response's true score, exact match,
-    Natural-Instructions EM and ROUGE-L against the answer, and the sampled response's true score."""
+    Natural-Instructions EM and ROUGE-L against the answer, and the sampled response's true score
+    (when there is one)."""
     from stages.eval_metrics import exact_match as ni_exact_match
     from stages.eval_metrics import rouge_l
 
-    greedy, sampled = responses["greedy"], responses["sampled"]
-    return {
+    greedy = responses["greedy"]
+    scores = {
         "family": [e.task.family for e in examples],
         "true_score": [true_score(e.task, r) for e, r in zip(examples, greedy)],
         "exact_match": [float(exact_match(e.task, r)) for e, r in zip(examples, greedy)],
         "ni_exact_match": [ni_exact_match(r, [e.task.answer]) for e, r in zip(examples, greedy)],
         "rouge_l": [rouge_l(r, [e.task.answer]) if r.strip() else 0.0 for e, r in zip(examples, greedy)],
-        "sampled_true_score": [true_score(e.task, r) for e, r in zip(examples, sampled)],
     }
+    if "sampled" in responses:
+        scores["sampled_true_score"] = [true_score(e.task, r) for e, r in zip(examples, responses["sampled"])]
+    return scores
 
 
 @torch.no_grad()

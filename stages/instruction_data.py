@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import string
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -209,14 +209,16 @@ class Instance:
 
 @dataclass(frozen=True)
 class MixtureTask:
-    """A dataset of the mixture: its instances, wordings and definition; `world` when it is a tiny-world
-    family (prompts then take the world's "Q: ...\nA: " form)."""
+    """A dataset of the mixture: its instances, wordings and definition, and in the niv2 style its
+    demonstration pool (instances kept out of training); `world` when it is a tiny-world family (prompts
+    then take the world's "Q: ...\nA: " form)."""
 
     name: str
     instances: list[Instance]
     templates: tuple[str, ...]
     definition: str
     world: bool
+    demos: list[Instance] = field(default_factory=list)
 
 
 def family_instance(example: Example, rng: random.Random) -> Instance:
@@ -273,27 +275,53 @@ def mixture_tasks(mixture: MixtureSection, world: TinyWorld) -> list[MixtureTask
         raise InputError(f"data.mixture.datasets: names {repeated} are used more than once")
     tasks = [family_task(world, d.name, d.family, d.size) if d.family else file_task(d) for d in mixture.datasets]
     if mixture.per_dataset_max is not None:
-        tasks = [MixtureTask(t.name, t.instances[: mixture.per_dataset_max], t.templates, t.definition, t.world) for t in tasks]
+        tasks = [replace(t, instances=t.instances[: mixture.per_dataset_max]) for t in tasks]
     if mixture.style == "niv2":
-        too_small = [t.name for t in tasks if len(t.instances) <= mixture.niv2.positives]
+        kept = mixture.niv2.pool_size
+        too_small = [t.name for t in tasks if len(t.instances) <= kept]
         if too_small:
-            raise InputError(f"data.mixture: datasets {too_small} have no instances left after "
-                             f"{mixture.niv2.positives} positive examples (niv2.positives)")
+            raise InputError(f"data.mixture: datasets {too_small} have no instances left after the {kept} kept as "
+                             "demonstrations (niv2.positives, or niv2.pool with retrieve)")
         if mixture.niv2.negatives and not all(t.world for t in tasks):
             raise InputError("data.mixture.niv2.negatives > 0 needs wrong outputs, which only tiny-world families have")
+        # a task's demonstrations are its own, as NIv2's are, and never trained on as instances
+        tasks = [replace(t, instances=t.instances[kept:], demos=t.instances[:kept]) for t in tasks]
     return tasks
 
 
+RETRIEVAL_INSTRUCTION = "Represent the example input for retrieving similar examples: "
+
+
+def retrieve_demonstrations(instances: Sequence[Instance], pool: Sequence[Instance], embedder, k: int,
+                            diversity: float = 0.5) -> list[list[Instance]]:
+    """For each instance, k demonstrations from `pool`: maximal marginal relevance over INSTRUCTOR-style
+    embeddings of the inputs (close to the instance, not to each other)."""
+    from stages.embeddings import mmr
+
+    pool_embeddings = embedder.encode([d.input for d in pool], RETRIEVAL_INSTRUCTION)
+    queries = embedder.encode([i.input for i in instances], RETRIEVAL_INSTRUCTION)
+    return [[pool[j] for j in mmr(pool_embeddings, query, k, diversity)] for query in queries]
+
+
+def demonstrations(task: MixtureTask, instances: Sequence[Instance], mixture: MixtureSection, embedder) -> list[list[Instance]]:
+    """Each instance's demonstrations in the niv2 style: retrieved from the task's pool, or its first ones."""
+    niv2 = mixture.niv2
+    k = max(niv2.positives, niv2.negatives)
+    if niv2.retrieve:
+        return retrieve_demonstrations(instances, task.demos, embedder, k)
+    return [task.demos[:k]] * len(instances)
+
+
 def render_prompt(task: MixtureTask, instance: Instance, template_id: int, mixture: MixtureSection,
-                  count_tokens: Callable[[str], int]) -> str:
+                  count_tokens: Callable[[str], int], demos: Sequence[Instance] = ()) -> str:
     """An instance's prompt in the mixture's style: FLAN's (a template, then the options block when the
-    dataset has answer choices) or Tk-Instruct's (definition, positive and negative examples, input)."""
+    dataset has answer choices) or Tk-Instruct's (definition, the positive and negative examples from
+    `demos`, input)."""
     if mixture.style == "niv2":
         niv2 = mixture.niv2
-        demos = task.instances[: niv2.positives]  # a task's examples are fixed, as NIv2's are
         return tk_instruct_prompt(
             task.definition if niv2.definition else "",
-            [(d.input, d.target) for d in demos],
+            [(d.input, d.target) for d in demos[: niv2.positives]],
             instance.input,
             count_tokens,
             niv2.max_tokens,
@@ -305,11 +333,19 @@ def render_prompt(task: MixtureTask, instance: Instance, template_id: int, mixtu
     return PROMPT_FORMAT.format(instruction=text) if task.world else text
 
 
+def retrieval_embedder(mixture: MixtureSection):
+    from stages.embeddings import load_embedder
+
+    if mixture.style == "niv2" and mixture.niv2.retrieve:
+        return load_embedder(mixture.niv2.embedder, "data.mixture.niv2.embedder")
+    return None
+
+
 def build_mixture(mixture: MixtureSection, world: TinyWorld, count_tokens: Callable[[str], int], seed: int) -> dict[str, list[str]]:
     """The SFT records of data.mixture: `examples` draws by the mixing rule, each rendered in the
     mixture's style; columns prompt, completion and dataset."""
     tasks = {t.name: t for t in mixture_tasks(mixture, world)}
-    pools = {name: t.instances[mixture.niv2.positives :] if mixture.style == "niv2" else t.instances for name, t in tasks.items()}
+    pools = {name: t.instances for name, t in tasks.items()}
     if mixture.rule == "t0_cap":
         # T0: every (dataset, template) pair is a task of its own, each with the dataset's per-prompt cap
         caps = t0_rates({n: len(p) for n, p in pools.items()}, {n: len(tasks[n].templates) for n in pools}, mixture.t0_threshold)
@@ -324,22 +360,38 @@ def build_mixture(mixture: MixtureSection, world: TinyWorld, count_tokens: Calla
         for name, instance in sample_mixture(pools, rates, mixture.examples, seed):
             drawn.append(((name, used.get(name, 0) % len(tasks[name].templates)), instance))
             used[name] = used.get(name, 0) + 1
+    demos: list[Sequence[Instance]] = [()] * len(drawn)
+    if mixture.style == "niv2":
+        embedder = retrieval_embedder(mixture)
+        for name, task in tasks.items():
+            rows = [i for i, ((n, _), _) in enumerate(drawn) if n == name]
+            for row, chosen in zip(rows, demonstrations(task, [drawn[i][1] for i in rows], mixture, embedder)):
+                demos[row] = chosen
     records: dict[str, list[str]] = {"prompt": [], "completion": [], "dataset": []}
-    for (name, template_id), instance in drawn:
-        records["prompt"].append(render_prompt(tasks[name], instance, template_id, mixture, count_tokens))
+    for ((name, template_id), instance), chosen in zip(drawn, demos):
+        records["prompt"].append(render_prompt(tasks[name], instance, template_id, mixture, count_tokens, chosen))
         records["completion"].append(instance.target)
         records["dataset"].append(name)
     return records
 
 
-def world_eval_prompt(example: Example, mixture: MixtureSection | None, world: TinyWorld,
-                      count_tokens: Callable[[str], int]) -> str:
-    """A tiny-world evaluation prompt, asked the way SFT's data asked: the world's own form without a
-    mixture, else the mixture's style (niv2: the family's definition and its fixed positive examples)."""
+def world_eval_prompts(examples: Sequence[Example], mixture: MixtureSection | None, world: TinyWorld,
+                       count_tokens: Callable[[str], int]) -> list[str]:
+    """Tiny-world evaluation prompts, asked the way SFT's data asked: the world's own form without a
+    mixture, else the mixture's style (niv2: the family's definition and demonstrations from a pool of
+    its own, retrieved per example with niv2.retrieve)."""
     if mixture is None:
-        return example.prompt
-    family = FAMILIES[example.task.family]
-    demos = world.family_examples(family.name, mixture.niv2.positives, stream=f"positives:{family.name}")
-    rng = random.Random(f"eval:{family.name}")
-    task = MixtureTask(family.name, [family_instance(e, rng) for e in demos], family.templates, family.definition, world=True)
-    return render_prompt(task, family_instance(example, rng), example.template_id, mixture, count_tokens)
+        return [e.prompt for e in examples]
+    embedder = retrieval_embedder(mixture)
+    prompts: list[str] = [""] * len(examples)
+    for name in dict.fromkeys(e.task.family for e in examples):
+        family = FAMILIES[name]
+        rng = random.Random(f"eval:{name}")
+        pool = [family_instance(e, rng) for e in world.family_examples(name, mixture.niv2.pool_size, stream=f"positives:{name}")]
+        task = MixtureTask(name, [], family.templates, family.definition, world=True, demos=pool)
+        rows = [i for i, e in enumerate(examples) if e.task.family == name]
+        instances = [family_instance(examples[i], rng) for i in rows]
+        chosen = demonstrations(task, instances, mixture, embedder) if mixture.style == "niv2" else [()] * len(rows)
+        for row, instance, demos in zip(rows, instances, chosen):
+            prompts[row] = render_prompt(task, instance, examples[row].template_id, mixture, count_tokens, demos)
+    return prompts

@@ -63,7 +63,8 @@ def check_model_dir(path: str | Path, key: str) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"{key}: model directory {path} does not exist (nothing is downloaded: give a local path)")
-    if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+    saved = any((path / name).exists() for name in ("config.json", "adapter_config.json"))
+    if not saved and sft_method_of(path) == "causal_lm":
         raise InputError(f"{key}: {path} has no config.json; expected a model saved with save_pretrained")
     return path.resolve()  # absolute, because Ray workers run in directories of their own
 
@@ -99,6 +100,40 @@ def peft_config(lora: LoraSection, task_type: str = "CAUSAL_LM"):
     )
 
 
+def sft_method_of(model_dir: str | Path) -> str:
+    """The SFT method that wrote `model_dir`: bitune and cmlm leave their settings file; anything else is
+    a causal LM."""
+    from stages.bitune import SETTINGS_FILE as BITUNE_FILE
+    from stages.cmlm import SETTINGS_FILE as CMLM_FILE
+
+    for method, marker in (("bitune", BITUNE_FILE), ("cmlm", CMLM_FILE)):
+        if (Path(model_dir) / marker).exists():
+            return method
+    return "causal_lm"
+
+
 def load_policy(model_dir: str | Path):
-    """A model to generate with, from a directory the SFT stage (or save_pretrained) wrote."""
+    """A model to generate with (its `generate` mirrors HF's), from a directory the SFT stage or
+    save_pretrained wrote: a causal LM, or a Bitune or cmlm model."""
+    method = sft_method_of(model_dir)
+    if method == "bitune":
+        from stages.bitune import BituneModel
+
+        return BituneModel.from_pretrained(model_dir)
+    if method == "cmlm":
+        from stages.cmlm import CMLMModel
+
+        return CMLMModel.from_pretrained(model_dir)
     return AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
+
+
+def require_causal_lm(model_dir: str | Path, key: str) -> Path:
+    """`model_dir`, unless a non-causal SFT method wrote it: the reward model and PPO start from one causal LM."""
+    method = sft_method_of(model_dir)
+    if method != "causal_lm":
+        raise InputError(
+            f"{key}: {model_dir} is a {method} model (sft.method {method}), which the reward model and PPO cannot start "
+            "from; keep sft.method causal_lm and compare methods with eval.compare_sft_methods, or give a causal LM "
+            "(rm.model, ppo.actor)"
+        )
+    return Path(model_dir)

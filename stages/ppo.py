@@ -21,7 +21,7 @@ from pipeline.run_dir import RunDir
 from stages.checkpointing import publish_dir
 from stages.data import make_world, pretraining_text, prompts_from_file
 from stages.entry import StageResult, run_stage
-from stages.modeling import check_model_dir, load_tokenizer, tokenizer_path
+from stages.modeling import check_model_dir, load_tokenizer, require_causal_lm, tokenizer_path
 from stages.ppo_trainer import BEST_DIR, PPOJob, worker
 from stages.ray_train import run_on_workers
 
@@ -29,7 +29,7 @@ from stages.ray_train import run_on_workers
 def model_paths(config: Config, run_dir: RunDir) -> dict[str, str]:
     """actor, reference, reward_model, critic: the given local paths, or the pipeline's outputs."""
     ppo = config.ppo
-    actor = check_model_dir(ppo.actor, "ppo.actor") if ppo.actor else run_dir.model_dir("sft")
+    actor = check_model_dir(ppo.actor, "ppo.actor") if ppo.actor else require_causal_lm(run_dir.model_dir("sft"), "ppo")
     reward_model = check_model_dir(ppo.reward_model, "ppo.reward_model") if ppo.reward_model else run_dir.model_dir("rm")
     return {
         "actor": str(actor),

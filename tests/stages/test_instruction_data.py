@@ -18,7 +18,10 @@ from stages.instruction_data import (
     sample_mixture,
     t0_rates,
     tk_instruct_prompt,
-    world_eval_prompt,
+    Instance,
+    mixture_tasks,
+    retrieve_demonstrations,
+    world_eval_prompts,
 )
 from tiny_world import TinyWorld
 from tiny_world.tasks import FAMILIES
@@ -382,9 +385,33 @@ def test_mixture_errors_name_the_dataset_and_the_field(tmp_path):
 def test_world_eval_prompts_follow_the_training_style():
     world = TinyWorld()
     example = next(e for e in world.heldout_examples(2) if e.task.family == "last")
-    assert world_eval_prompt(example, None, world, words) == example.prompt
-    flan = world_eval_prompt(example, mixture(), world, words)
+    assert world_eval_prompts([example], None, world, words) == [example.prompt]
+    [flan] = world_eval_prompts([example], mixture(), world, words)
     assert flan.startswith(example.prompt[: -len("\nA: ")]) and "\nOPTIONS:\n- " in flan
-    niv2 = world_eval_prompt(example, mixture(style="niv2"), world, words)
+    [niv2] = world_eval_prompts([example], mixture(style="niv2"), world, words)
     assert niv2.startswith("Definition: Name the last letter of the word.\n\n Positive Example 1 -")
     assert niv2.endswith(f"Input: {example.task.args[0]}.\nOutput: ")
+
+
+def test_retrieved_demonstrations_are_the_relevant_ones(tmp_path):
+    from stages.embeddings import InstructionEmbedder
+
+    path = tmp_path / "topics.jsonl"
+    inputs = ["The dog barked at the mailman", "A cat slept on the sofa", "Seven plus five is twelve",
+              "Twelve minus three is nine", "The sky was bright blue", "She painted the fence green", "A horse ran"]
+    topics = ["animal", "animal", "number", "number", "colour", "colour", "animal"]
+    path.write_text("".join(json.dumps({"text": t, "topic": p}) + "\n" for t, p in zip(inputs, topics)))
+    m = mixture(style="niv2", niv2={"positives": 2, "retrieve": True, "pool": 6},
+                datasets=[{"name": "topic", "path": str(path), "templates": ["{text}"], "target": "{topic}"}])
+    [task] = mixture_tasks(m, TinyWorld())
+    queries = [Instance({}, "", "A puppy chased the kitten"), Instance({}, "", "Eight times two is sixteen")]
+    chosen = retrieve_demonstrations(queries, task.demos, InstructionEmbedder.from_package(), k=2)
+    assert chosen[0][0].target == "animal" and chosen[1][0].target == "number"
+    [prompt] = set(build_mixture(m, TinyWorld(), words, seed=0)["prompt"])  # the one instance beyond the pool
+    assert "Input: A horse ran.\nOutput: " in prompt and prompt.index("Input: The dog") < prompt.index("Input: A horse")
+    # the mixture needs an instance beyond the pool to train on
+    m.niv2.pool = 7
+    with pytest.raises(InputError, match=r"\['topic'\] have no instances left after the 7 kept as demonstrations"):
+        build_mixture(m, TinyWorld(), words, seed=0)
+    with pytest.raises(ValidationError, match="pool .1. must hold the 2 examples"):
+        mixture(style="niv2", niv2={"positives": 2, "retrieve": True, "pool": 1})

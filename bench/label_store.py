@@ -66,9 +66,12 @@ class RestAnnotator:
 
         self.http = httpx.Client(base_url=url, timeout=120)
         self.http.post("/login", data={"username": name, "password": PASSWORD}).raise_for_status()
+        # one session for all of this annotator's calls, as the browser and gradio_client keep one: without
+        # it the server builds a fresh session (a copy of every component's config) for each call
+        self.session_hash = uuid.uuid4().hex
 
     def call(self, api_name: str, *data):
-        event = self.http.post(f"/gradio_api/call/{api_name}", json={"data": list(data)})
+        event = self.http.post(f"/gradio_api/call/{api_name}", json={"data": list(data), "session_hash": self.session_hash})
         event.raise_for_status()
         stream = self.http.get(f"/gradio_api/call/{api_name}/{event.json()['event_id']}").text
         kind = next(line.split(": ", 1)[1] for line in stream.splitlines() if line.startswith("event: "))

@@ -78,8 +78,8 @@ def main() -> None:
     for seed, way in itertools.product(args.seeds, WAYS):
         overrides = [f"sample.policies={{sft: {sft}}}", f"rm.model={sft}", f"labeling.select={way}",
                      f"sample.prompts={args.budget}", f"run.seed={seed}", *args.set]
-        command = [sys.executable, "-m", "pipeline", "run", "--stages", "sample,label,rm", "--run-dir", str(out / f"{way}-{seed}"),
-                   "--config", str(source / "config.yaml"), *sum((["--set", s] for s in overrides), [])]
+        command = [sys.executable, "-m", "pipeline", "run", str(source / "config.yaml"), "--stages", "sample,label,rm",
+                   "--run-dir", str(out / f"{way}-{seed}"), "--resume", *sum((["--set", s] for s in overrides), [])]
         print(f"[bench] {way}, seed {seed}: {args.budget} prompts ranked", flush=True)
         subprocess.run(command, check=True)
 

@@ -161,6 +161,11 @@ def print_summary(run: RunDir, stages: list[str]) -> None:
         sft_loss = evaluated["sft/lm_loss"]
         print(f"  pretraining LM loss against SFT: {evaluated['ppo/lm_loss'] - sft_loss:+.4f} with ptx, "
               f"{evaluated['ppo_no_ptx/lm_loss'] - sft_loss:+.4f} without")
+    methods = [name for name in ("sft", "sft_lora", "sft_bitune", "sft_cmlm") if f"{name}/true_score" in evaluated]
+    if len(methods) > 1:
+        print("  SFT methods, held-out true score (decoding ms per response): " + ", ".join(
+            f"{name.removeprefix('sft_')} {evaluated[f'{name}/true_score']:.3f} ({evaluated[f'{name}/decode_ms']:.1f})"
+            for name in methods))
     from pipeline.report import build_report
 
     print(f"  report: {build_report(run.root)} (rebuild with: rlhf report {run.root})")

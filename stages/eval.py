@@ -30,7 +30,7 @@ from stages.data import make_world, prompts_from_file, text_dataset_from_file
 from stages.entry import StageResult, run_stage
 from stages.eval_metrics import win_rate
 from stages.evaluation import evaluate_lm_loss, judge, respond, respond_greedy, world_prompts, world_scores
-from stages.modeling import check_model_dir, load_policy, load_tokenizer
+from stages.modeling import check_model_dir, load_policy, load_tokenizer, sft_method_of
 
 STAGE = "eval"
 JUDGES = ("rm", "heldout_rm")  # figure prefixes of the trained and the held-out reward model
@@ -113,14 +113,14 @@ def evaluate(config: Config, run_dir: RunDir, resume: bool) -> StageResult:
         corpus = text_dataset_from_file(heldout_text)["text"][: config.eval.corpus_docs] if heldout_text else []
     sft = load_policy(dirs["sft"]).eval()
 
-    # 2. every policy on the same prompts with the same sampling seed; SFT is the KL reference. A policy
-    # without a causal LM's likelihood (sft.method bitune or cmlm), or against such a reference, gives its
-    # greedy responses alone
+    # 2. every policy on the same prompts with the same sampling seed; SFT is the KL reference. A masked
+    # LM (sft.method cmlm) has no likelihood of a sampled response, and a reference that is no plain
+    # causal LM scores none: those give their greedy responses alone
     results, responses = {}, {}
     one_line = examples is not None
     for name, directory in dirs.items():
         policy = sft if name == "sft" else load_policy(directory).eval()
-        if isinstance(policy, PreTrainedModel) and isinstance(sft, PreTrainedModel):
+        if isinstance(sft, PreTrainedModel) and sft_method_of(directory) != "cmlm":
             out = respond(policy, sft, tokenizer, prompts, config.run.seed, config.eval.max_new_tokens, one_line=one_line)
         else:
             out = respond_greedy(policy, load_tokenizer(directory), prompts, config.eval.max_new_tokens, one_line)

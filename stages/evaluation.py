@@ -121,7 +121,7 @@ def respond(policy, reference, tokenizer, prompts: list[str], seed: int, max_new
 def respond_greedy(policy, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW_TOKENS,
                    one_line: bool = False) -> dict:
     """The greedy responses alone, for a policy without an autoregressive likelihood to compare with SFT's
-    (cmlm), or with SFT as a reference that has none; with the decoding time per response."""
+    (cmlm), or against a reference that is no plain causal LM; with the decoding time per response."""
     started = time.perf_counter()
     greedy = generate(policy, tokenizer, prompts, max_new_tokens, one_line=one_line)
     return {"greedy": greedy, "length": [len(r.split()) for r in greedy],

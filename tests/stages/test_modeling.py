@@ -56,6 +56,7 @@ def test_load_policy_knows_each_sft_method_and_the_reward_model_refuses_the_non_
     encoder = build_encoder({"model_type": "roberta", "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
                              "intermediate_size": 64}, mask_tokenizer)
     CMLMModel.from_tokenizer(encoder, mask_tokenizer).save(tmp_path / "cmlm")
+    mask_tokenizer.save_pretrained(tmp_path / "cmlm")
     assert [sft_method_of(tmp_path / name) for name in ("base", "bitune", "cmlm")] == ["causal_lm", "bitune", "cmlm"]
     assert isinstance(load_policy(tmp_path / "bitune"), BituneModel) and isinstance(load_policy(tmp_path / "cmlm"), CMLMModel)
     assert isinstance(load_policy(tmp_path / "base"), AutoModelForCausalLM.from_config(base.config).__class__)
@@ -63,3 +64,13 @@ def test_load_policy_knows_each_sft_method_and_the_reward_model_refuses_the_non_
     assert check_model_dir(tmp_path / "bitune", "eval.policies.bitune") == (tmp_path / "bitune").resolve()
     with pytest.raises(InputError, match=r"rm: .*bitune is a bitune model .*eval.compare_sft_methods"):
         require_causal_lm(tmp_path / "bitune", "rm")
+
+    # the sample stage's per-shard worker draws candidates from either, as from any policy
+    from stages.sample import sample_candidates
+
+    prompts = ["Q: Add 1 and 2.\nA: ", "Q: Spell cat backwards.\nA: "]
+    tokenizer.save_pretrained(tmp_path / "bitune")
+    for name in ("bitune", "cmlm"):
+        candidates = sample_candidates((0, prompts), str(tmp_path / name), k=2, temperature=1.0, max_new_tokens=6,
+                                       batch_size=4, seed=0, torch_threads=1, one_line=True)
+        assert len(candidates) == 2 and all(len(c) == 2 and all(isinstance(t, str) for t in c) for c in candidates)

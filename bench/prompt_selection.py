@@ -5,7 +5,7 @@ policy: the same number of prompts ranked by the same simulated annotators, the 
 as the pipeline trains it. Then every reward model on one common test set, which no selection saw:
 K candidates sampled from SFT for the tiny world's held-out prompts, ordered by the world's true
 score. The figure is pairwise accuracy there, over the pairs whose true scores differ (a tie in the
-reward model's scores counts half).
+reward model's scores counts half); it goes into the run's report (DIR/eval/report.md) as well.
 
     python -m bench.prompt_selection --from runs/tiny [--budget 300] [--seeds 0 1] [--out DIR]
 """
@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 from bench import record
+from pipeline.files import atomic_write_json
+from pipeline.report import PROMPT_SELECTION_FILE, build_report
 
 WAYS = ("random", "diverse")
 
@@ -100,6 +102,11 @@ def main() -> None:
     for way in WAYS:
         means[way] = sum(accuracy[way]) / len(accuracy[way])
         print(f"{way:<10}{args.budget:>8}" + "".join(f"{a:>9.3f}" for a in accuracy[way]) + f"{means[way]:>9.3f}")
+    # the rows of the run's report (DIR/eval/report.md), beside the eval stage's
+    rows = [{"selection": way, "ranked prompts": args.budget, "accuracy per seed": ", ".join(f"{a:.3f}" for a in accuracy[way]),
+             "mean accuracy": means[way]} for way in WAYS]
+    atomic_write_json(source / "eval" / PROMPT_SELECTION_FILE, rows)
+    print(f"report: {build_report(source)}")
     record("prompt_selection", f"RM accuracy, random selection ({args.budget} prompts)", means["random"], "pairs, true order")
     record("prompt_selection", f"RM accuracy, diverse selection ({args.budget} prompts)", means["diverse"], "pairs, true order",
            "> random")

@@ -16,6 +16,7 @@ from pipeline.files import atomic_write_json, atomic_write_text, read_jsonl
 from pipeline.run_dir import RunDir
 
 FIGURE_SIZE = (8.0, 3.0)  # inches, at 100 dpi
+PROMPT_SELECTION_FILE = "prompt_selection.json"  # written into DIR/eval by bench/prompt_selection.py
 DPI = 100
 EVAL_COLUMNS = ("true_score", "win_rate_vs_sft", "win_rate_low", "win_rate_high", "rm_score", "rm_win_rate_vs_sft",
                 "rm_win_rate_low", "rm_win_rate_high", "heldout_rm_win_rate_vs_sft", "heldout_rm_win_rate_low",
@@ -134,11 +135,12 @@ def build_report(run_dir: str | Path) -> Path:
     order = ("base", "sft", "ppo", "ppo_no_ptx")  # as the pipeline makes them
     evaluated = {name: evaluated[name] for name in sorted(evaluated, key=lambda n: order.index(n) if n in order else len(order))}
     calibration = _read_json(run.stage_dir("rm") / "calibration.json", [])
+    selection = _read_json(out / PROMPT_SELECTION_FILE, [])
     plots = _plots(run, out, stage_rows, evaluated, calibration)
     summary = {"stages": stage_rows, "sft": stages.get("sft", {}).get("metrics", {}), "reward_model": rm,
                "ppo": stages.get("ppo", {}).get("metrics", {}),
                "evaluation": {n: {k: v for k, v in p.items() if k != "scores"} for n, p in evaluated.items()},
-               "rm_calibration": calibration, "plots": plots}
+               "rm_calibration": calibration, "prompt_selection": selection, "plots": plots}
     atomic_write_json(out / "summary.json", summary)
 
     parts = [f"# Run report: {run.root.name}\n", "## Stages\n", _table(stage_rows)]
@@ -155,6 +157,12 @@ def build_report(run_dir: str | Path) -> Path:
                   "model (heldout_rm_) when one was given.\n", _table(rows)]
         if "policies" in plots:
             parts.append(f"![per task family, and the score distribution]({plots['policies']})\n")
+    if selection:
+        parts += ["## Prompt selection for labeling (`python -m bench.prompt_selection`)\n",
+                  "Reward models trained on the same number of ranked prompts, chosen at random or for diversity "
+                  "(labeling.select), each scored on one held-out set against the tiny world's true order.\n",
+                  _table([{c: row[c] for c in ("selection", "ranked prompts", "accuracy per seed", "mean accuracy")}
+                          for row in selection])]
     if "ppo_curves" in plots:
         parts.append(f"![PPO: score, KL and beta per iteration]({plots['ppo_curves']})\n")
     if "rm_vs_true_score" in plots:

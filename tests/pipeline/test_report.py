@@ -57,6 +57,15 @@ def test_report_of_a_partial_run_leaves_out_what_it_lacks(tmp_path):
     run = RunDir(tmp_path / "run")
     run.update_stage("sft", status="running")
     text = build_report(run.root).read_text()
-    assert "## Stages" in text and "Policies" not in text and "ppo_curves" not in text
+    assert "## Stages" in text and "Policies" not in text and "ppo_curves" not in text and "Prompt selection" not in text
     with pytest.raises(InputError, match="is not a run directory|does not exist"):
         build_report(tmp_path / "nothing")
+
+
+def test_the_prompt_selection_benchmark_adds_its_rows(finished_run):
+    rows = [{"selection": "random", "ranked prompts": 300, "accuracy per seed": "0.835, 0.837", "mean accuracy": 0.836},
+            {"selection": "diverse", "ranked prompts": 300, "accuracy per seed": "0.847, 0.803", "mean accuracy": 0.825}]
+    (finished_run.root / "eval" / "prompt_selection.json").write_text(json.dumps(rows))
+    text = build_report(finished_run.root).read_text()
+    assert "| selection | ranked prompts | accuracy per seed | mean accuracy |" in text
+    assert "| diverse | 300 | 0.847, 0.803 | 0.825 |" in text

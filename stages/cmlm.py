@@ -23,6 +23,7 @@ The batch layout (see `pack_pairs`) is [source padded to S; target padded to T],
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -201,19 +202,32 @@ def cmlm_loss(logits: torch.Tensor, labels: torch.Tensor, length_logits: torch.T
     return loss
 
 
+def batch_generator(seed: int, examples: list[dict]) -> torch.Generator:
+    """A generator seeded by `seed` and the examples' texts."""
+    digest = hashlib.sha256(json.dumps([seed, [[e["prompt"], e["completion"]] for e in examples]]).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
 class CMLMCollator:
     """Turns [{"prompt": str, "completion": str}] into a training batch: input_ids, attention_mask,
     segment_ids (B, L); labels (B, L), the target ids at masked target positions, -100 elsewhere;
     length_labels (B,), the target lengths. The prompt gets the tokenizer's special tokens (as in
-    `generate`), the completion none."""
+    `generate`), the completion none.
+
+    The masks come from `generator`, or with `seed` from a generator seeded by the seed and the batch's
+    texts: a resumed training run then masks each batch as the uninterrupted run did (the data loader
+    collates a batch ahead, so a shared generator's state at a checkpoint is already one batch on)."""
 
     def __init__(self, tokenizer, settings: CMLMSettings | None = None, generator: torch.Generator | None = None,
-                 max_source_length: int | None = None, max_target_length: int | None = None):
+                 max_source_length: int | None = None, max_target_length: int | None = None, seed: int | None = None):
         if tokenizer.mask_token_id is None:
             raise ValueError("CMLMCollator: the tokenizer has no mask token; call add_mask_token(tokenizer) first")
+        if generator is not None and seed is not None:
+            raise ValueError("CMLMCollator: give a generator or a seed, not both")
         self.tokenizer = tokenizer
         self.settings = settings or CMLMSettings()
         self.generator = generator
+        self.seed = seed
         self.max_source_length = max_source_length
         # Longer targets would have no length class.
         self.max_target_length = min(max_target_length or self.settings.max_length - 1, self.settings.max_length - 1)
@@ -227,8 +241,9 @@ class CMLMCollator:
         ids, real = batch["input_ids"], batch["attention_mask"].bool()
         width = max((len(s) for s in sources), default=0)
         maskable_source = (real & ~torch.isin(ids, self.special_ids))[:, :width]
-        masked = torch.cat([sample_source_mask(maskable_source, self.settings.src_mask_ratio, self.generator),
-                            sample_target_mask(real[:, width:], self.generator)], 1)
+        generator = self.generator if self.seed is None else batch_generator(self.seed, examples)
+        masked = torch.cat([sample_source_mask(maskable_source, self.settings.src_mask_ratio, generator),
+                            sample_target_mask(real[:, width:], generator)], 1)
         labels = ids.masked_fill(~masked, IGNORE_INDEX)
         labels[:, :width] = IGNORE_INDEX  # masked source tokens are context noise, not predicted
         batch["input_ids"] = ids.masked_fill(masked, self.tokenizer.mask_token_id)
@@ -427,10 +442,6 @@ class CMLMModel(nn.Module):
         meta = {"settings": asdict(self.settings), "mask_token_id": self.mask_token_id,
                 "special_token_ids": self.special_token_ids}
         (directory / SETTINGS_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-
-    def load_weights(self, directory: str | Path) -> None:
-        """Load the weights `save` wrote into this model in place (e.g. resuming a Trainer)."""
-        self.load_state_dict(CMLMModel.from_pretrained(directory).state_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> CMLMModel:

@@ -117,7 +117,8 @@ def method_model(job: LMJob):
     settings = CMLMSettings(src_mask_ratio=cmlm.src_mask_ratio, label_smoothing=cmlm.label_smoothing,
                             length_loss_weight=cmlm.length_loss_weight, length_mode=cmlm.length_mode,
                             fixed_length=cmlm.fixed_length, decode_iters=cmlm.decode_iters, length_beam=cmlm.length_beam)
-    collator = CMLMCollator(tokenizer, settings, max_source_length=section.max_length, max_target_length=section.max_length)
+    collator = CMLMCollator(tokenizer, settings, max_source_length=section.max_length, max_target_length=section.max_length,
+                            seed=job.config.run.seed)
     return CMLMModel.from_tokenizer(encoder, tokenizer, settings), collator, tokenizer
 
 

@@ -427,9 +427,6 @@ def test_save_and_from_pretrained_round_trip(tmp_path, tok, copy_model, heldout)
     assert torch.equal(before.loss, after.loss)
     prompts = tok(heldout[:8], return_tensors="pt", padding=True)
     assert torch.equal(copy_model.generate(**prompts), loaded.generate(**prompts))
-    fresh = tiny(tok, hidden=64, seed=5)
-    fresh.load_weights(tmp_path)
-    assert torch.equal(fresh.eval().generate(**prompts), loaded.generate(**prompts))
 
 
 def test_trains_and_saves_with_the_hf_trainer(tmp_path, tok):
@@ -452,3 +449,16 @@ def test_trains_and_saves_with_the_hf_trainer(tmp_path, tok):
     loaded = CMLMModel.from_pretrained(tmp_path / "saved").eval()
     prompts = tok(["abc", "de"], return_tensors="pt", padding=True)
     assert torch.equal(model.eval().generate(**prompts), loaded.generate(**prompts))
+
+
+def test_a_seeded_collator_masks_a_batch_the_same_whenever_it_comes(tok):
+    # what a resumed run needs: the masks depend on the seed and the batch, not on what was collated before
+    first = [{"prompt": "copy abcdef", "completion": "abcdef"}, {"prompt": "copy ghijkl", "completion": "ghijkl"}]
+    second = [{"prompt": "copy mnopqr", "completion": "mnopqr"}, {"prompt": "copy stuvwx", "completion": "stuvwx"}]
+    straight = CMLMCollator(tok, seed=3)
+    masks = [straight(batch)["labels"] for batch in (first, second)]
+    resumed = CMLMCollator(tok, seed=3)
+    assert torch.equal(resumed(second)["labels"], masks[1]) and torch.equal(resumed(first)["labels"], masks[0])
+    assert not all(torch.equal(CMLMCollator(tok, seed=s)(first)["labels"], masks[0]) for s in range(4, 8))
+    with pytest.raises(ValueError, match="a generator or a seed"):
+        CMLMCollator(tok, generator=torch.Generator(), seed=3)

@@ -73,8 +73,8 @@ def main() -> None:
         print(f"{length:>7}{1000 * autoregressive / args.batch:>19.2f}{1000 * mask_predict / args.batch:>17.2f}"
               f"{speedups[length]:>9.2f}x")
     longest = max(args.lengths)
-    record("cmlm_decoding", f"Mask-Predict speed-up over autoregressive, {longest} tokens", speedups[longest], "x")
-    record("cmlm_decoding", f"Mask-Predict speed-up over autoregressive, {min(args.lengths)} tokens", speedups[min(args.lengths)], "x")
+    record("cmlm_decoding", f"Mask-Predict speed-up, {longest}-token responses", speedups[longest], "x")
+    record("cmlm_decoding", f"Mask-Predict speed-up, {min(args.lengths)}-token responses", speedups[min(args.lengths)], "x")
 
 
 if __name__ == "__main__":

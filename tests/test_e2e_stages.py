@@ -5,6 +5,7 @@ Each `rlhf run` or `python -m stages.X` below starts its own local Ray and stops
 """
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -226,7 +227,9 @@ def test_eval_of_models_on_disk_on_a_prompt_file_judged_by_two_reward_models(zer
     assert len(policies["ppo"]["scores"]) == 20 and policies["sft"]["rm_win_rate_vs_sft"] == 0.5
     # the same reward model twice is the same judge
     assert policies["ppo"]["heldout_rm_win_rate_vs_sft"] == policies["ppo"]["rm_win_rate_vs_sft"]
-    assert policies["ppo"]["lm_loss"] > 0 and policies["ppo"]["kl_to_sft"] > 0
+    # the KL is estimated from one sampled response per prompt, so a policy this close to SFT (4 PPO
+    # iterations) can get a small negative estimate; what must hold is that it was computed
+    assert policies["ppo"]["lm_loss"] > 0 and math.isfinite(policies["ppo"]["kl_to_sft"]) and policies["ppo"]["kl_to_sft"] != 0
     report = (out / "eval" / "report.md").read_text()
     assert "heldout_rm_win_rate_vs_sft" in report and "| ppo |" in report
     assert (out / "eval" / "policies.png").stat().st_size > 1000

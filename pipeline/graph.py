@@ -81,8 +81,8 @@ STAGES: tuple[Stage, ...] = (
         input_replaced=_ppo_input_replaced,
     ),
     # eval.policies and eval.reward_model evaluate models on disk instead of the pipeline's
-    Stage("eval", ("pretrain", "sft", "rm", "ppo", "ppo_no_ptx", *(f"sft_{method}" for method in SFT_METHODS)), ("world", "data.mixture", "eval", "rm.max_length", "ppo.reward_model"),
-          input_replaced=_eval_input_replaced),
+    Stage("eval", ("pretrain", "sft", "rm", "ppo", "ppo_no_ptx", *(f"sft_{method}" for method in SFT_METHODS)),
+          ("world", "data.mixture", "eval", "rm.max_length", "ppo.reward_model"), input_replaced=_eval_input_replaced),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 

@@ -64,8 +64,9 @@ def sft(config: Config, run_dir: RunDir, resume: bool, stage: str = STAGE) -> St
     metrics = {}
     if config.data.sft is None:
         metrics = heldout_report(model_dir, config.world, mixture=config.data.mixture)
-        base_report = heldout_report(base, config.world, tokenizer_dir, config.data.mixture)
-        metrics["base/heldout_exact_match"] = base_report["heldout_exact_match"]
+        if stage == STAGE:  # the comparison stages share this base: `sft` reports it once
+            base_report = heldout_report(base, config.world, tokenizer_dir, config.data.mixture)
+            metrics["base/heldout_exact_match"] = base_report["heldout_exact_match"]
     return StageResult(outputs=outputs, metrics=metrics)
 
 

@@ -38,9 +38,9 @@ def main() -> None:
 
     import torch
 
-    from pipeline.config import TINY_GPT2, CMLMSection
-    from stages.cmlm import CMLMModel, CMLMSettings, add_mask_token, build_encoder
-    from stages.modeling import build_model, train_char_tokenizer
+    from common.config import TINY_GPT2, CMLMSection
+    from stages.models.cmlm import CMLMModel, CMLMSettings, add_mask_token, build_encoder
+    from stages.models.loading import build_model, train_char_tokenizer
     from tiny_world import TinyWorld
 
     torch.set_num_threads(1)

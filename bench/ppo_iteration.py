@@ -25,11 +25,12 @@ import torch.distributed as dist
 from transformers import AutoModelForSequenceClassification
 
 from bench import record
-from pipeline.config import TINY_GPT2, load_config
-from stages.modeling import build_model, train_char_tokenizer
-from stages.policy import lm_loss, response_logits, token_logprobs
-from stages.ppo_trainer import PPOJob, PPOTrainer
-from stages.reward_model import sequence_scores, token_scores
+from common.config import TINY_GPT2, load_config
+from stages.models.loading import build_model, train_char_tokenizer
+from stages.core.functional import token_logprobs
+from stages.models.forward import lm_loss, response_logits
+from stages.ppo.trainer import PPOJob, PPOTrainer
+from stages.models.reward_model import sequence_scores, token_scores
 from tiny_world import TinyWorld
 
 

@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 
 from bench import record
-from pipeline.files import atomic_write_json
-from pipeline.report import PROMPT_SELECTION_FILE, build_report
+from common.files import atomic_write_json
 
 WAYS = ("random", "diverse")
 
@@ -48,10 +47,10 @@ def test_set(source: Path, k: int, per_family: int, seed: int) -> tuple[list[str
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pipeline.config import load_config
-    from stages.data import make_world
-    from stages.evaluation import generate
-    from stages.modeling import load_tokenizer
+    from common.config import load_config
+    from stages.data.datasets import make_world
+    from stages.scoring.evaluation import generate
+    from stages.models.loading import load_tokenizer
     from tiny_world import true_score
 
     world = make_world(load_config(source / "config.yaml").world)
@@ -86,7 +85,7 @@ def main() -> None:
         subprocess.run(command, check=True)
 
     # 2. every reward model on the common test set
-    from stages.evaluation import judge
+    from stages.scoring.evaluation import judge
 
     prompts, candidates, truth = test_set(source, k=4, per_family=40, seed=1234)
     k = len(candidates[0])
@@ -102,11 +101,10 @@ def main() -> None:
     for way in WAYS:
         means[way] = sum(accuracy[way]) / len(accuracy[way])
         print(f"{way:<10}{args.budget:>8}" + "".join(f"{a:>9.3f}" for a in accuracy[way]) + f"{means[way]:>9.3f}")
-    # the rows of the run's report (DIR/eval/report.md), beside the eval stage's
-    rows = [{"selection": way, "ranked prompts": args.budget, "accuracy per seed": ", ".join(f"{a:.3f}" for a in accuracy[way]),
-             "mean accuracy": means[way]} for way in WAYS]
-    atomic_write_json(source / "eval" / PROMPT_SELECTION_FILE, rows)
-    print(f"report: {build_report(source)}")
+    rows = [{"selection": way, "ranked prompts": args.budget, "accuracy per seed": accuracy[way], "mean accuracy": means[way]}
+            for way in WAYS]
+    atomic_write_json(out / "prompt_selection.json", rows)  # the benchmark's own output, beside its runs
+    print(f"figures: {out / 'prompt_selection.json'}")
     record("prompt_selection", f"RM accuracy, random selection ({args.budget} prompts)", means["random"], "pairs, true order")
     record("prompt_selection", f"RM accuracy, diverse selection ({args.budget} prompts)", means["diverse"], "pairs, true order",
            "> random")

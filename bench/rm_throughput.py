@@ -19,10 +19,10 @@ import torch
 from transformers import AutoModelForSequenceClassification, GPT2Config
 
 from bench import record
-from pipeline.config import TINY_GPT2
-from stages.modeling import train_char_tokenizer
-from stages.reward_model import encode, reward_text, sequence_scores
-from stages.rm_math import ranking_loss
+from common.config import TINY_GPT2
+from stages.models.loading import train_char_tokenizer
+from stages.models.reward_model import encode, reward_text, sequence_scores
+from stages.core.ranking import ranking_loss
 from tiny_world import TinyWorld
 
 

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.errors import InputError
+from common.errors import InputError
 
 STANDALONE_BATCH = "standalone"
 
@@ -21,8 +21,8 @@ STANDALONE_BATCH = "standalone"
 def run_store(run_dir: str):
     """(the run's store, its exports folder)."""
     from labeling_ui.store import open_run_store
-    from pipeline.config import load_config
-    from pipeline.run_dir import RunDir
+    from common.config import load_config
+    from common.run_dir import RunDir
 
     run = RunDir(run_dir)
     config = load_config(run.config_path if run.config_path.exists() else None)

@@ -27,7 +27,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Integer, String, Te
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from pipeline.errors import InputError
+from common.errors import InputError
 
 ROLES = ("annotator", "admin")
 # InstructGPT's per-output metadata (Table 3): stored name -> what the annotator reads

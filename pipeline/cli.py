@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from labeling_ui.cli import add_commands as add_label_commands
-from pipeline.errors import EXIT_BAD_INPUT, InputError
+from common.errors import EXIT_BAD_INPUT, InputError
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -19,21 +19,21 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _submit(args: argparse.Namespace) -> None:
-    from pipeline.config import load_config
-    from pipeline.graph import STAGE_NAMES, require_inputs
+    from common.config import load_config
+    from common.run_dir import RunDir
     from pipeline.jobs import submit_stage
-    from pipeline.run_dir import RunDir
+    from stages.registry import GRAPH
 
-    if args.stage not in STAGE_NAMES:
-        raise InputError(f"unknown stage {args.stage!r}; stages are {', '.join(STAGE_NAMES)}")
+    if args.stage not in GRAPH.names:
+        raise InputError(f"unknown stage {args.stage!r}; stages are {', '.join(GRAPH.names)}")
     config = load_config(args.config, args.set)
     run = RunDir(args.run_dir)
-    require_inputs(args.stage, config, run)
+    GRAPH.require_inputs(args.stage, config, run)
     print(submit_stage(args.stage, config, run, args.address))
 
 
 def _report(args: argparse.Namespace) -> None:
-    from pipeline.report import build_report
+    from stages.eval.report import build_report
 
     print(build_report(args.run_dir))
 

@@ -15,12 +15,12 @@ import time
 import uuid
 from pathlib import Path
 
-from pipeline.config import Config, dump_config
-from pipeline.errors import InputError
-from pipeline.files import atomic_write_text
-from pipeline.lock import LOCK_ENV
-from pipeline.ray_env import WORKER_ENV
-from pipeline.run_dir import RunDir
+from common.config import Config, dump_config
+from common.errors import InputError
+from common.files import atomic_write_text
+from common.lock import LOCK_ENV
+from common.ray_env import WORKER_ENV
+from common.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 # what the job does not need: environments, run outputs, caches

@@ -13,23 +13,23 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import Config, dump_config, load_config
-from pipeline.errors import EXIT_AWAITING_LABELS, EXIT_BAD_INPUT, InputError
-from pipeline.files import atomic_write_text
-from pipeline.graph import STAGE_NAMES, enabled_stages, fingerprints, inputs_of
-from pipeline.lock import PARENT_ENV, RunLock
-from pipeline.ray_env import set_worker_env
-from pipeline.run_dir import AWAITING_LABELS, DONE, RunDir
+from common.config import Config, dump_config, load_config
+from common.errors import EXIT_AWAITING_LABELS, EXIT_BAD_INPUT, InputError
+from common.files import atomic_write_text
+from common.lock import PARENT_ENV, RunLock
+from common.ray_env import set_worker_env
+from common.run_dir import AWAITING_LABELS, DONE, RunDir
+from stages.registry import GRAPH
 
 
 def select_stages(config: Config, requested: str | None) -> list[str]:
-    enabled = [s.name for s in enabled_stages(config)]
+    enabled = [s.name for s in GRAPH.enabled(config)]
     if not requested:
         return enabled
     names = [n.strip() for n in requested.split(",") if n.strip()]
     for name in names:
-        if name not in STAGE_NAMES:
-            raise InputError(f"--stages: unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
+        if name not in GRAPH.names:
+            raise InputError(f"--stages: unknown stage {name!r}; stages are {', '.join(GRAPH.names)}")
         if name not in enabled:
             raise InputError(f"--stages: stage {name} is disabled by this config")
     return [n for n in enabled if n in names]
@@ -91,9 +91,9 @@ def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: st
     config = load_config(config_path, overrides)
     run = RunDir(run_dir)
     selected = select_stages(config, stages)
-    prints = fingerprints(config)
+    prints = GRAPH.fingerprints(config)
     for name in selected:
-        for needed in inputs_of(name, config):
+        for needed in GRAPH.inputs_of(name, config):
             if needed not in selected and not run.is_done(needed, prints[needed]):
                 raise InputError(f"--stages {stages}: stage {name} needs {needed}, which is not done with this config")
     with RunLock(run.root):  # the stage processes inherit it
@@ -130,42 +130,11 @@ def print_summary(run: RunDir, stages: list[str]) -> None:
             continue
         for output, path in record.get("outputs", {}).items():
             print(f"  {name:<9} {output:<8} {run.root / path}")
-    sft = manifest.get("sft", {}).get("metrics", {})
-    if "heldout_exact_match" in sft:
-        print(
-            f"  held-out exact match (tiny world): base {sft['base/heldout_exact_match']:.3f} -> "
-            f"SFT {sft['heldout_exact_match']:.3f}"
-        )
-    rm = manifest.get("rm", {}).get("metrics", {})
-    if "rm/heldout_accuracy" in rm:
-        line = f"  reward model held-out accuracy: {rm['rm/heldout_accuracy']:.3f} against the labels"
-        if "rm/true_order_accuracy" in rm:
-            line += (
-                f" (ceiling {rm['rm/heldout_ceiling_accuracy']:.3f}), "
-                f"{rm['rm/true_order_accuracy']:.3f} against the tiny world's true order"
-            )
-        print(line)
-    evaluated = manifest.get("eval", {}).get("metrics", {})
-    if "ppo/true_score" in evaluated:
-        print(
-            f"  held-out true score (tiny world, 0 to 1.5): SFT {evaluated['sft/true_score']:.3f} -> "
-            f"PPO-ptx {evaluated['ppo/true_score']:.3f} (sampled {evaluated['sft/sampled_true_score']:.3f} -> "
-            f"{evaluated['ppo/sampled_true_score']:.3f}), KL to SFT {evaluated['ppo/kl_to_sft']:.2f}"
-        )
-    for prefix, judge in (("", "the true score"), ("rm_", "the reward model"), ("heldout_rm_", "the held-out reward model")):
-        if f"ppo/{prefix}win_rate_vs_sft" in evaluated:
-            low, high = evaluated[f"ppo/{prefix}win_rate_low"], evaluated[f"ppo/{prefix}win_rate_high"]
-            print(f"  PPO-ptx beats SFT on {100 * evaluated[f'ppo/{prefix}win_rate_vs_sft']:.0f}% of held-out prompts "
-                  f"by {judge} (95% interval {100 * low:.0f}-{100 * high:.0f}%)")
-    if "ppo_no_ptx/lm_loss" in evaluated:
-        sft_loss = evaluated["sft/lm_loss"]
-        print(f"  pretraining LM loss against SFT: {evaluated['ppo/lm_loss'] - sft_loss:+.4f} with ptx, "
-              f"{evaluated['ppo_no_ptx/lm_loss'] - sft_loss:+.4f} without")
-    methods = [name for name in ("sft", "sft_lora", "sft_bitune", "sft_cmlm") if f"{name}/true_score" in evaluated]
-    if len(methods) > 1:
-        print("  SFT methods, held-out true score (decoding ms per response): " + ", ".join(
-            f"{name.removeprefix('sft_')} {evaluated[f'{name}/true_score']:.3f} ({evaluated[f'{name}/decode_ms']:.1f})"
-            for name in methods))
-    from pipeline.report import build_report
-
-    print(f"  report: {build_report(run.root)} (rebuild with: rlhf report {run.root})")
+    for name in stages:
+        record = manifest.get(name, {})
+        if record.get("status") == DONE:
+            for line in GRAPH[name].summary(record.get("metrics", {})):
+                print(f"  {line}")
+    report = manifest.get("eval", {}).get("outputs", {}).get("report")
+    if report:
+        print(f"  report: {run.root / report} (rebuild with: rlhf report {run.root})")

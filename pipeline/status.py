@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from pipeline.errors import InputError
-from pipeline.run_dir import AWAITING_LABELS, RunDir
+from common.errors import InputError
+from common.run_dir import AWAITING_LABELS, RunDir
+from stages.registry import GRAPH
 
-HEADLINE = {
-    "pretrain": "final_loss",
-    "sft": "heldout_exact_match",
-    "sample": "sample/prompts",
-    "label": "label/pairwise_agreement",
-    "rm": "rm/heldout_accuracy",
-    "ppo": "ppo/best_validation_score",
-    "ppo_no_ptx": "ppo/best_validation_score",
-    "eval": "ppo/win_rate_vs_sft",
-}
 
 
 def status_rows(run_dir: str) -> list[dict[str, str]]:
@@ -26,7 +17,7 @@ def status_rows(run_dir: str) -> list[dict[str, str]]:
         duration = ""
         if "started_at" in record and "finished_at" in record:
             duration = f"{record['finished_at'] - record['started_at']:.0f} s"
-        metric_name = HEADLINE.get(name, "")
+        metric_name = GRAPH[name].headline[0] if name in GRAPH.names and GRAPH[name].headline else ""
         value = record.get("metrics", {}).get(metric_name)
         rows.append(
             {

@@ -1,6 +1,6 @@
 import pytest
 
-from stages.modeling import train_char_tokenizer
+from stages.models.loading import train_char_tokenizer
 from tiny_world import TinyWorld
 
 

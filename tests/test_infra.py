@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import load_config
-from pipeline.ray_env import WORKER_ENV
+from common.config import load_config
+from common.ray_env import WORKER_ENV
+from stages.registry import GRAPH
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
-STAGES = ("pretrain", "sft", "sample", "label", "rm", "ppo")
+STAGES = GRAPH.names  # one RayJob per stage of the graph
 CLUSTER_KEYS = {
     "cluster_name", "max_workers", "upscaling_speed", "docker", "idle_timeout_minutes", "provider", "auth",
     "available_node_types", "head_node_type", "file_mounts", "setup_commands", "head_start_ray_commands",

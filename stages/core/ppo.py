@@ -1,0 +1,234 @@
+"""PPO math for the InstructGPT RL stage (Ouyang et al. 2022, arXiv:2203.02155, §3.5 Eq. 2, App. C.4).
+
+Pure functions of tensors and floats: KL estimators, per-token reward shaping, GAE,
+whitening, the clipped policy and value losses, the PPO-ptx combination and the KL
+controllers. Nothing here knows about models, devices or workers, so every trainer
+(single GPU, DeepSpeed, Ray) uses the same code. Equations follow
+the InstructGPT algorithm notes (spec/instructgpt.md) sections 3-5; its worked examples V1-V6 are the tests.
+
+Shapes: B batch (episodes), T response tokens, V vocabulary.
+Masks: ``response_mask`` is a bool (B, T) tensor, True = real response token (the EOS
+token included); positions after EOS are False and never influence any output at a
+real position. Every loss and metric reduces through ``masked_mean``.
+"""
+
+import torch
+
+from stages.core.functional import last_token_index, masked_mean, masked_whiten
+
+# ---------------------------------------------------------------------------
+# KL to the reference (SFT) policy and reward shaping
+# ---------------------------------------------------------------------------
+
+# Schulman's estimators of KL(pi || pi_ref) from samples of pi, with delta = log pi - log pi_ref
+# (http://joschu.net/blog/kl-approx.html; OpenRLHF models/utils.py::compute_approx_kl).
+_KL_ESTIMATORS = {
+    "k1": lambda delta: delta,  # unbiased, can be negative per sample; IG's Eq. 2 term
+    "k2": lambda delta: 0.5 * delta**2,
+    "k3": lambda delta: torch.expm1(-delta) + delta,  # e^{-delta} - 1 + delta >= 0, unbiased
+}
+
+
+def kl_estimate(logprobs, ref_logprobs, kind="k1"):
+    """Per-token KL estimate between the policy and the reference (spec §4 item 1).
+
+    logprobs: (B, T) log pi_old(y_t | x, y_<t) of the sampled tokens.
+    ref_logprobs: (B, T) log pi_SFT(y_t | x, y_<t) of the same tokens.
+    kind: "k1" (log-ratio, used by InstructGPT), "k2" (0.5 * delta^2) or "k3" (e^-delta - 1 + delta).
+    Returns (B, T); values at masked positions are meaningless, mask them downstream.
+    """
+    if kind not in _KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator kind={kind!r}; supported: {sorted(_KL_ESTIMATORS)}")
+    return _KL_ESTIMATORS[kind](logprobs - ref_logprobs)
+
+
+def sequence_kl(kl, response_mask):
+    """Per-sequence KL: sum over real tokens of the per-token estimate. (B, T) -> (B,).
+
+    Its batch mean is the ``objective/kl`` that the adaptive controller tracks (LHP).
+    """
+    return torch.where(response_mask, kl, 0.0).sum(-1)
+
+
+
+def shape_rewards(scores, kl, response_mask, beta, score_clip=None):
+    """Per-token rewards r_t = -beta * kl_t + 1[t = last real token] * score (IG Eq. 2, spec §4 item 2).
+
+    scores: (B,) sequence reward r~ = r_theta(x, y) + b, already bias-normalised (rm_math.reward_bias).
+    kl: (B, T) per-token KL estimate (``kl_estimate``); response_mask: (B, T) bool.
+    beta: KL coefficient (IG uses a fixed 0.02). score_clip: optional bound c, scores
+    are clipped to [-c, c] first (DeepSpeed-Chat uses 5; IG and LHP do not clip).
+    Returns (B, T) rewards, zero at masked positions. The score goes at the last real
+    token, not at column T-1, because responses end at different lengths.
+    """
+    if score_clip is not None:
+        scores = scores.clamp(-score_clip, score_clip)
+    rewards = torch.where(response_mask, -beta * kl, 0.0)
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last_token_index(response_mask)] += scores.to(rewards.dtype)
+    return rewards
+
+
+# ---------------------------------------------------------------------------
+# Advantages
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def gae(rewards, values, response_mask, gamma=1.0, gae_lambda=0.95):
+    """Generalised advantage estimation (Schulman et al. 2016, arXiv:1506.02438, Eq. 16).
+
+    delta_t = r_t + gamma * V(t+1) - V(t), A_t = delta_t + gamma * gae_lambda * A_{t+1},
+    with V(T+1) = 0 after the last real token. IG uses gamma = 1; gae_lambda is not stated
+    in the paper, 0.95 is the LHP / DeepSpeed-Chat default.
+
+    rewards, values (V_old at rollout), response_mask: (B, T).
+    Returns (advantages, returns), both (B, T) and zero at masked positions;
+    returns = advantages + values, taken before whitening (the critic regresses on
+    unwhitened targets). Masked positions are skipped, so values or rewards written
+    into padding (or a hole in the mask) never reach a real position.
+    """
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        real = response_mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * gae_lambda * next_advantage
+        # At a masked position carry the next real token's V and A through unchanged.
+        next_advantage = torch.where(real, advantage, next_advantage)
+        next_value = torch.where(real, values[:, t], next_value)
+        advantages[:, t] = torch.where(real, advantage, 0.0)
+    returns = torch.where(response_mask, advantages + values, 0.0)
+    return advantages, returns
+
+
+# ---------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------
+
+
+def policy_loss(logprobs, old_logprobs, advantages, response_mask, clip_eps=0.2):
+    """Clipped surrogate loss (Schulman et al. 2017, arXiv:1707.06347, Eq. 7; spec §4 item 5).
+
+    logprobs: (B, T) log pi_theta (with grad); old_logprobs: (B, T) log pi_old at rollout;
+    advantages: (B, T), usually whitened; response_mask: (B, T) bool.
+    loss = masked_mean(max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps))), a token mean.
+    Returns (loss, metrics) with detached scalars:
+      clipfrac: fraction of real tokens where the clipped term is the active (larger) one;
+      approx_kl: 0.5 * mean((log pi_theta - log pi_old)^2), the k2 estimate of KL(old || new).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    loss = masked_mean(torch.maximum(pg_loss1, pg_loss2), response_mask)
+    with torch.no_grad():
+        metrics = {
+            "clipfrac": masked_mean((pg_loss2 > pg_loss1).float(), response_mask),
+            "approx_kl": 0.5 * masked_mean(log_ratio**2, response_mask),
+        }
+    return loss, metrics
+
+
+def value_loss(values, old_values, returns, response_mask, clip_eps=0.2):
+    """Clipped value loss (LHP ``train_policy.py``; spec §4 item 6; clipping not stated in IG).
+
+    values: (B, T) V_theta (with grad); old_values: (B, T) V_old at rollout;
+    returns: (B, T) GAE returns; response_mask: (B, T) bool.
+    V_clip = clip(V_theta, V_old - eps, V_old + eps);
+    loss = 0.5 * masked_mean(max((V_theta - R)^2, (V_clip - R)^2)).
+    Returns (loss, clipfrac), clipfrac = fraction of real tokens where the clipped error is larger.
+    """
+    values_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+    v_loss_unclipped = (values - returns) ** 2
+    v_loss_clipped = (values_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(v_loss_unclipped, v_loss_clipped), response_mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((v_loss_clipped > v_loss_unclipped).float(), response_mask)
+    return loss, clipfrac
+
+
+def entropy_from_logits(logits):
+    """Entropy of the categorical over the vocabulary, per token. logits (B, T, V) -> (B, T).
+
+    H = logsumexp(z) - sum_v softmax(z)_v * z_v (verl ``entropy_from_logits``); logits must be finite.
+    """
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+def ptx_combined_loss(policy_loss, ptx_lm_loss, ptx_coef):
+    """PPO-ptx actor loss: policy_loss + ptx_coef * ptx_lm_loss (IG Eq. 2, App. C.4).
+
+    ptx_coef is Eq. 2's gamma (27.8 in IG); ptx_lm_loss is the mean next-token NLL on
+    pretraining text. IG accumulates the PPO and the scaled pretraining gradients into the
+    same buffers, which is what one backward pass on this sum does. The scale of ptx_coef
+    depends on how ptx_lm_loss is normalised (here: a per-token mean).
+    """
+    return policy_loss + ptx_coef * ptx_lm_loss
+
+
+# ---------------------------------------------------------------------------
+# KL coefficient controllers (Ziegler et al. 2019, arXiv:1909.08593, §2.2; LHP train_policy.py)
+# ---------------------------------------------------------------------------
+
+
+class FixedKLController:
+    """Constant beta; InstructGPT uses 0.02 (App. C.4)."""
+
+    def __init__(self, beta):
+        self.value = float(beta)
+
+    def update(self, current_kl, n_steps):
+        pass
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController:
+    """Proportional controller driving the mean sequence KL towards ``target`` (LHP code form).
+
+    mult = 1 + clip(current_kl / target - 1, -0.2, 0.2) * n_steps / horizon; beta *= mult.
+    n_steps is the number of episodes in the batch and horizon is in episodes, so Z19's
+    paper form with K_beta = 0.1 is the case n_steps / horizon = 0.1.
+    """
+
+    def __init__(self, init_beta, target, horizon=10000):
+        if target is None or target <= 0:
+            raise ValueError(f"adaptive KL control needs a positive target KL in nats per sequence, got {target!r}")
+        if horizon <= 0:
+            raise ValueError(f"horizon must be a positive number of episodes, got {horizon!r}")
+        self.value = float(init_beta)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl, n_steps):
+        """current_kl: batch mean of sequence_kl after this PPO iteration; n_steps: episodes in the batch."""
+        proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+    def state_dict(self):
+        # target and horizon come from the config; only the adapted beta is state.
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = float(state["value"])
+
+
+def make_kl_controller(kind, beta, target=None, horizon=10000):
+    """Build a KL controller: kind "fixed" (beta constant) or "adaptive" (beta is the initial value)."""
+    if kind == "fixed":
+        return FixedKLController(beta)
+    if kind == "adaptive":
+        if target is None:
+            raise ValueError(
+                "adaptive KL controller needs target (mean sequence KL in nats, e.g. 6.0 as in Ziegler et al.); "
+                "set a target or use kind='fixed'"
+            )
+        return AdaptiveKLController(beta, target, horizon)
+    raise ValueError(f"unknown KL controller kind={kind!r}; supported: ['adaptive', 'fixed']")

@@ -1,0 +1,50 @@
+"""Stage `eval` (stage.py): every policy on held-out prompts, judged by the true score (tiny world) and
+by reward models; writes the run's report (report.py)."""
+
+from common.config import Config
+from common.graph import StageDeclaration
+from stages.sft import COMPARED_METHODS
+
+JUDGES = {"": "the true score", "rm_": "the reward model", "heldout_rm_": "the held-out reward model"}
+
+
+def _input_replaced(config: Config, name: str) -> bool:
+    if name == "rm":
+        return config.eval.reward_model is not None or config.ppo.reward_model is not None
+    return config.eval.policies is not None
+
+
+def _summary(metrics: dict[str, float]) -> list[str]:
+    lines = []
+    if "ppo/true_score" in metrics:
+        lines.append(f"held-out true score (tiny world, 0 to 1.5): SFT {metrics['sft/true_score']:.3f} -> "
+                     f"PPO-ptx {metrics['ppo/true_score']:.3f} (sampled {metrics['sft/sampled_true_score']:.3f} -> "
+                     f"{metrics['ppo/sampled_true_score']:.3f}), KL to SFT {metrics['ppo/kl_to_sft']:.2f}")
+    for prefix, judge in JUDGES.items():
+        if f"ppo/{prefix}win_rate_vs_sft" in metrics:
+            low, high = metrics[f"ppo/{prefix}win_rate_low"], metrics[f"ppo/{prefix}win_rate_high"]
+            lines.append(f"PPO-ptx beats SFT on {100 * metrics[f'ppo/{prefix}win_rate_vs_sft']:.0f}% of held-out prompts "
+                         f"by {judge} (95% interval {100 * low:.0f}-{100 * high:.0f}%)")
+    if "ppo_no_ptx/lm_loss" in metrics:
+        sft_loss = metrics["sft/lm_loss"]
+        lines.append(f"pretraining LM loss against SFT: {metrics['ppo/lm_loss'] - sft_loss:+.4f} with ptx, "
+                     f"{metrics['ppo_no_ptx/lm_loss'] - sft_loss:+.4f} without")
+    methods = [name for name in ("sft", *(f"sft_{m}" for m in COMPARED_METHODS)) if f"{name}/true_score" in metrics]
+    if len(methods) > 1:
+        lines.append("SFT methods, held-out true score (decoding ms per response): " + ", ".join(
+            f"{name.removeprefix('sft_')} {metrics[f'{name}/true_score']:.3f} ({metrics[f'{name}/decode_ms']:.1f})"
+            for name in methods))
+    return lines
+
+
+DECLARATION = StageDeclaration(
+    name="eval",
+    entry="stages.eval.stage:evaluate",
+    inputs=("pretrain", "sft", "rm", "ppo", "ppo_no_ptx", *(f"sft_{m}" for m in COMPARED_METHODS)),
+    config_keys=("world", "data.mixture", "eval", "rm.max_length", "ppo.reward_model"),
+    outputs=("report", "policies", "responses"),
+    headline=("ppo/win_rate_vs_sft",),
+    # eval.policies and eval.reward_model evaluate models on disk instead of the pipeline's
+    input_replaced=_input_replaced,
+    summary=_summary,
+)

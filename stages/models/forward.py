@@ -1,0 +1,27 @@
+"""Forward passes of a causal LM that PPO needs: the logits and log-probs of a response's tokens
+given its prompt, and the plain LM loss on pretraining text (the ptx term)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from stages.core.functional import IGNORE_INDEX, position_ids
+
+
+def response_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Logits that predicted each response token, (B, T, V): position p's logits predict token p + 1,
+    so the response's T tokens are predicted by positions P - 1 ... P + T - 2. Divided by the sampling
+    temperature, so that log-probs match the distribution the rollout sampled from."""
+    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask)).logits
+    return logits[:, -response_length - 1 : -1].float() / temperature
+
+
+
+def lm_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL over the real tokens of right-padded text: -mean log pi(x) (IG Eq. 2's
+    pretraining term, per token)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, IGNORE_INDEX)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)

@@ -1,0 +1,37 @@
+"""Stage `ppo` (stage.py): PPO-ptx against the reward model; and `ppo_no_ptx`, the same body with the
+pretraining mix off (ppo.ptx_coef = 0), enabled by eval.compare_without_ptx, so that the eval stage can
+show what the ptx term saves (InstructGPT's "PPO" against "PPO-ptx")."""
+
+from common.config import Config
+from common.graph import StageDeclaration
+
+
+def _input_replaced(config: Config, name: str) -> bool:
+    return (config.ppo.actor if name == "sft" else config.ppo.reward_model) is not None
+
+
+def without_ptx(config: Config) -> Config:
+    return config.model_copy(update={"ppo": config.ppo.model_copy(update={"ptx_coef": 0.0})})
+
+
+DECLARATION = StageDeclaration(
+    name="ppo",
+    entry="stages.ppo.stage:ppo",
+    inputs=("sft", "rm"),
+    config_keys=("world", "data.pretrain", "ppo"),
+    outputs=("model", "final"),
+    headline=("ppo/best_validation_score",),
+    input_replaced=_input_replaced,
+)
+
+NO_PTX_DECLARATION = StageDeclaration(
+    name="ppo_no_ptx",
+    entry="stages.ppo.stage:ppo",
+    inputs=("sft", "rm"),
+    config_keys=("world", "data.pretrain", "ppo"),
+    outputs=("model", "final"),
+    headline=("ppo/best_validation_score",),
+    enabled=lambda config: config.eval.compare_without_ptx,
+    input_replaced=_input_replaced,
+    config_view=without_ptx,
+)

@@ -1,0 +1,456 @@
+"""PPO-ptx on the Ray Train workers (InstructGPT section 3.5, Eq. 2; App. C.4): one iteration is
+
+  1. rollout    sample one response per prompt from the actor (stages.ppo.rollout), with log pi_old
+  2. score      reward model (+ its bias) or the tiny world's oracle; reference log-probs; values
+  3. shape      per-token KL penalty to the reference, score at the last real token, GAE, whitening
+  4. learn      PPO epochs over minibatches: clipped policy loss + ptx_coef x LM loss on a
+                pretraining batch in ONE backward and ONE actor step; clipped value loss on the critic
+  5. control    KL controller update, metrics, validation score, KL budget, checkpoint
+
+The actor and the critic are DeepSpeed engines (the configured ZeRO stage); the reference and the
+reward model are frozen (under ZeRO-3, inference engines sharded like the actor). Data parallel: each
+rank rolls out its share of the iteration's prompts; DeepSpeed averages the gradients.
+
+Everything a resumed run needs is in the checkpoint: engines (weights, optimizer, scheduler), every
+rank's RNG, the counters (the prompt and pretraining positions are functions of them), the KL
+controller and the best validation score so far.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from common.config import Config
+from common.files import append_jsonl, atomic_write_json
+from common.run_dir import RunDir
+from stages.runtime.checkpoints import latest_checkpoint, mark_latest, publish_dir, truncate_metrics
+from stages.runtime.hf_trainer import FAULT_ENV, inject_fault_once
+from stages.core.functional import masked_mean, masked_whiten, token_logprobs
+from stages.models.forward import lm_loss, response_logits
+from stages.core.ppo import (
+    entropy_from_logits,
+    gae,
+    kl_estimate,
+    make_kl_controller,
+    policy_loss,
+    ptx_combined_loss,
+    sequence_kl,
+    shape_rewards,
+    value_loss,
+)
+from stages.models.reward_model import BIAS_KEY, sequence_scores, token_scores
+from stages.ppo.rollout import HFRollout, RolloutBatch
+from tiny_world import Task, true_score
+
+BEST_DIR = "best"
+
+
+@dataclass
+class PPOJob:
+    """Everything a worker needs; pickled to the Ray Train workers."""
+
+    config: Config
+    run_dir: str
+    stage: str  # "ppo", or "ppo_no_ptx" for the comparison run without the pretraining mix
+    actor: str
+    reference: str
+    reward_model: str
+    critic: str
+    tokenizer: str
+    prompts: list[str]  # the training pool
+    validation_prompts: list[str]
+    pretraining: list[str]  # documents for the ptx term
+    tasks: dict[str, Task] | None  # prompt -> tiny-world task, for reward "oracle"
+
+
+@dataclass
+class Experience:
+    batch: RolloutBatch
+    values: torch.Tensor  # (B, T) V_old
+    returns: torch.Tensor  # (B, T)
+    advantages: torch.Tensor  # (B, T), whitened
+
+
+@functools.lru_cache(maxsize=4)
+def _pool_order(seed: int, epoch: int, size: int) -> list[int]:
+    """The order of the prompt pool in pass `epoch`."""
+    order = list(range(size))
+    random.Random(f"{seed}:ppo-prompts:{epoch}").shuffle(order)
+    return order
+
+
+def _world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _all_mean(values: dict[str, float]) -> dict[str, float]:
+    """The mean over ranks of every value (the same keys on every rank)."""
+    if not dist.is_initialized():
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return dict(zip(keys, (tensor / dist.get_world_size()).tolist()))
+
+
+class PPOTrainer:
+    def __init__(self, job: PPOJob):
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        from stages.runtime.deepspeed_config import engine_config
+        from stages.models.loading import load_tokenizer
+
+        self.job, self.config, self.ppo = job, job.config, job.config.ppo
+        self.run_dir = RunDir(job.run_dir)
+        self.rank, self.world = _world()
+        ppo = self.ppo
+        if ppo.episodes_per_iteration % (self.world * ppo.minibatches):
+            raise ValueError(
+                f"ppo.episodes_per_iteration ({ppo.episodes_per_iteration}) must be a multiple of "
+                f"ray.num_workers x ppo.minibatches ({self.world} x {ppo.minibatches})"
+            )
+        self.episodes_per_rank = ppo.episodes_per_iteration // self.world
+        self.minibatch_size = self.episodes_per_rank // ppo.minibatches
+        self.ptx_per_step = round(ppo.ptx_ratio * self.minibatch_size) if ppo.ptx_coef > 0 else 0
+        self.steps_per_iteration = ppo.ppo_epochs * ppo.minibatches
+        self.zero3 = self.config.deepspeed.zero_stage == 3
+        self.tokenizer = load_tokenizer(job.tokenizer)
+
+        # setup: the seed of every RNG before any model is built, then the four models
+        torch.manual_seed(self.config.run.seed * 1000 + self.rank)
+        random.seed(self.config.run.seed * 1000 + self.rank)
+        np.random.seed(self.config.run.seed * 1000 + self.rank)
+        ds = self.config.deepspeed
+        train_config = engine_config(ds, self.minibatch_size, ppo.max_grad_norm)
+        frozen_config = engine_config(ds, self.minibatch_size)
+
+        def engine(model, lr):
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, ppo.adam_beta2), eps=1e-8, weight_decay=0.0)
+            warmup = ppo.warmup_iterations * self.steps_per_iteration
+            # InstructGPT: constant LR after a linear warmup that starts at 0.1 x peak
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 if step >= warmup else 0.1 + 0.9 * step / warmup)
+            built, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=train_config,
+                                             dist_init_required=False)
+            return built
+
+        def frozen(model):
+            model.requires_grad_(False).eval()
+            if self.zero3:
+                model, *_ = deepspeed.initialize(model=model, config=frozen_config, dist_init_required=False)
+                model.eval()
+            return model
+
+        load = {"local_files_only": True}
+        score_kwargs = {**load, "num_labels": 1, "pad_token_id": self.tokenizer.pad_token_id}
+        actor = AutoModelForCausalLM.from_pretrained(job.actor, **load)
+        if ppo.lora is not None:
+            from peft import get_peft_model
+
+            from stages.models.loading import peft_config
+
+            actor = get_peft_model(actor, peft_config(ppo.lora))
+        self.actor = engine(actor, ppo.actor_lr)
+        self.critic = engine(AutoModelForSequenceClassification.from_pretrained(job.critic, **score_kwargs), ppo.critic_lr)
+        # with LoRA the reference is the actor with its adapters off: no second copy of the model
+        self.reference = None if ppo.lora else frozen(AutoModelForCausalLM.from_pretrained(job.reference, **load))
+        self.reward_model = None
+        self.reward_bias = 0.0
+        if ppo.reward == "model":
+            reward_model = AutoModelForSequenceClassification.from_pretrained(job.reward_model, **score_kwargs)
+            self.reward_bias = float(getattr(reward_model.config, BIAS_KEY, 0.0))
+            self.reward_model = frozen(reward_model)
+        self.rollout = HFRollout(self.actor.module, self.tokenizer, ppo.max_new_tokens, ppo.temperature,
+                                 stop_at_eos=not ppo.fixed_length, synced_gpus=self.zero3 and self.world > 1)
+        self.kl_controller = make_kl_controller(ppo.kl_controller, ppo.kl_coef, ppo.kl_target, ppo.kl_horizon)
+        # InstructGPT's EMA of the policy weights (fp32 copies: with ZeRO 0-2 every rank has the full weights)
+        self.ema = [p.detach().float().clone() for p in self.actor.module.parameters()] if ppo.ema_decay else None
+        self.iteration = 0
+        self.best_score = -math.inf
+        self.over_budget = False
+
+    # ---- data: positions are functions of the counters, so a resumed run reads what the
+    # ---- uninterrupted one would have read ---------------------------------------------------
+
+    def iteration_prompts(self, iteration: int) -> list[str]:
+        """This rank's share of iteration `iteration`'s prompts: the pool in a seeded order per pass."""
+        pool, size = self.job.prompts, self.ppo.episodes_per_iteration
+        prompts = []
+        for position in range(iteration * size + self.rank, (iteration + 1) * size, self.world):
+            epoch, index = divmod(position, len(pool))
+            prompts.append(pool[_pool_order(self.config.run.seed, epoch, len(pool))[index]])
+        return prompts
+
+    def pretraining_batch(self, step: int) -> dict[str, torch.Tensor]:
+        docs = self.job.pretraining
+        start = (step * self.world + self.rank) * self.ptx_per_step
+        texts = [docs[i % len(docs)] for i in range(start, start + self.ptx_per_step)]
+        self.tokenizer.padding_side = "right"
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.ppo.ptx_max_length)
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    # ---- 2. scoring and 3. shaping -------------------------------------------------------------
+
+    def true_scores(self, batch: RolloutBatch, prompts: list[str]) -> torch.Tensor:
+        """The tiny world's true score of each decoded answer line (the oracle reward, and the honest
+        curve beside the reward model's: where they part, PPO games the reward model)."""
+        responses = torch.where(batch.response_mask, batch.sequences[:, batch.prompt_length :], self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        return torch.tensor([true_score(self.job.tasks[p], t.split("\n", 1)[0].strip()) for p, t in zip(prompts, texts)])
+
+    @torch.no_grad()
+    def scores(self, batch: RolloutBatch, prompts: list[str]) -> torch.Tensor:
+        if self.reward_model is None:
+            scores = self.true_scores(batch, prompts)
+        else:
+            scores = sequence_scores(self.reward_model, batch.sequences, batch.attention_mask).float() + self.reward_bias
+        if self.ppo.missing_eos_penalty is not None:
+            scores = scores - self.ppo.missing_eos_penalty * (~batch.ended).float()
+        return scores
+
+    @torch.no_grad()
+    def make_experience(self, batch: RolloutBatch, prompts: list[str]) -> tuple[Experience, dict[str, float]]:
+        T, mask = batch.response_mask.shape[1], batch.response_mask
+        responses = batch.sequences[:, batch.prompt_length :]
+        if self.reference is None:
+            with self.actor.module.disable_adapter():
+                ref_logits = response_logits(self.actor, batch.sequences, batch.attention_mask, T, self.ppo.temperature)
+        else:
+            ref_logits = response_logits(self.reference, batch.sequences, batch.attention_mask, T, self.ppo.temperature)
+        ref_logprobs = token_logprobs(ref_logits, responses)
+        self.critic.eval()
+        values = token_scores(self.critic, batch.sequences, batch.attention_mask)[:, -T - 1 : -1].float()
+        self.critic.train()
+        scores = self.scores(batch, prompts)
+        kl = kl_estimate(batch.logprobs, ref_logprobs, self.ppo.kl_estimator)
+        rewards = shape_rewards(scores, kl, mask, self.kl_controller.value, self.ppo.score_clip)
+        advantages, returns = gae(rewards, values, mask, self.ppo.gamma, self.ppo.gae_lambda)
+        metrics = {
+            "score": scores.mean().item(),
+            "kl": sequence_kl(torch.where(mask, batch.logprobs - ref_logprobs, 0.0), mask).mean().item(),
+            "response_length": mask.sum(-1).float().mean().item(),
+            "ended": batch.ended.float().mean().item(),
+        }
+        if self.job.tasks is not None:
+            metrics["true_score"] = self.true_scores(batch, prompts).mean().item()
+        return Experience(batch, values, returns, masked_whiten(advantages, mask)), metrics
+
+    # ---- 4. learning ---------------------------------------------------------------------------
+
+    def learn(self, experience: Experience, iteration: int) -> dict[str, float]:
+        batch, T = experience.batch, experience.batch.response_mask.shape[1]
+        responses = batch.sequences[:, batch.prompt_length :]
+        generator = torch.Generator().manual_seed(self.config.run.seed * 100003 + iteration * 101 + self.rank)
+        totals: dict[str, float] = {}
+        step = iteration * self.steps_per_iteration
+        for _ in range(self.ppo.ppo_epochs):
+            order = torch.randperm(self.episodes_per_rank, generator=generator)
+            for index in order.split(self.minibatch_size):
+                mini, mask = batch.select(index), batch.response_mask[index]
+                logits = response_logits(self.actor, mini.sequences, mini.attention_mask, T, self.ppo.temperature)
+                logprobs = token_logprobs(logits, responses[index])
+                pg_loss, pg_metrics = policy_loss(logprobs, mini.logprobs, experience.advantages[index], mask, self.ppo.clip_ratio)
+                ptx_loss = torch.zeros(())
+                if self.ptx_per_step:
+                    ptx_loss = lm_loss(self.actor, **self.pretraining_batch(step))
+                # one backward of the sum: the PPO and the scaled pretraining gradients share the step
+                self.actor.backward(ptx_combined_loss(pg_loss, ptx_loss, self.ppo.ptx_coef))
+                self.actor.step()
+                self.update_ema()
+
+                values = token_scores(self.critic, mini.sequences, mini.attention_mask)[:, -T - 1 : -1].float()
+                vf_loss, vf_clipfrac = value_loss(values, experience.values[index], experience.returns[index], mask, self.ppo.value_clip)
+                self.critic.backward(vf_loss)
+                self.critic.step()
+
+                step_metrics = {
+                    "policy_loss": pg_loss.item(),
+                    "value_loss": vf_loss.item(),
+                    "ptx_loss": ptx_loss.item(),
+                    "clipfrac": pg_metrics["clipfrac"].item(),
+                    "approx_kl": pg_metrics["approx_kl"].item(),
+                    "value_clipfrac": vf_clipfrac.item(),
+                    "entropy": masked_mean(entropy_from_logits(logits.detach()), mask).item(),
+                }
+                for name, value in step_metrics.items():
+                    totals[name] = totals.get(name, 0.0) + value / self.steps_per_iteration
+                step += 1
+        return totals
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        if self.ema is not None:
+            for average, parameter in zip(self.ema, self.actor.module.parameters()):
+                average.lerp_(parameter.detach().float(), 1.0 - self.ppo.ema_decay)
+
+    # ---- 5. validation, checkpoints, the loop --------------------------------------------------
+
+    @torch.no_grad()
+    def validation_score(self) -> float:
+        """Mean reward-model (or oracle) score of greedy responses to the validation prompts."""
+        prompts = self.job.validation_prompts[self.rank :: self.world]
+        greedy = HFRollout(self.actor.module, self.tokenizer, self.ppo.max_new_tokens, synced_gpus=self.rollout.synced_gpus, greedy=True)
+        greedy_batch = greedy.generate(prompts) if prompts else None
+        total = self.scores(greedy_batch, prompts).sum().item() if prompts else 0.0
+        sums = torch.tensor([total, len(prompts)], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(sums)
+        return (sums[0] / sums[1].clamp(min=1)).item()
+
+    def save_model(self, directory) -> None:
+        """The actor (its EMA when configured; with LoRA, merged into the base) in HF format, gathered
+        from ZeRO-3 shards, written to a temp dir and renamed."""
+        tmp = directory.with_name(directory.name + ".tmp")
+        if self.ppo.lora is not None:
+            if self.rank == 0:
+                self.save_merged_lora(tmp)
+                publish_dir(tmp, directory)
+            if dist.is_initialized():
+                dist.barrier()
+            return
+        if self.ema is not None:
+            names = [name for name, _ in self.actor.module.named_parameters()]
+            state = {name: average.to(p.dtype) for name, average, p in zip(names, self.ema, self.actor.module.parameters())}
+        elif self.zero3:
+            state = self.actor._zero3_consolidated_16bit_state_dict()
+        else:
+            state = self.actor.module.state_dict()
+        if self.rank == 0:
+            self.actor.module.save_pretrained(str(tmp), state_dict=state)
+            self.tokenizer.save_pretrained(str(tmp))
+            publish_dir(tmp, directory)
+        if dist.is_initialized():
+            dist.barrier()
+
+    def save_merged_lora(self, tmp) -> None:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        adapter = tmp.with_name(tmp.name + ".adapter")
+        self.actor.module.save_pretrained(str(adapter))
+        base = AutoModelForCausalLM.from_pretrained(self.job.actor, local_files_only=True)
+        PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(str(tmp))
+        self.tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(adapter)
+
+    def save_checkpoint(self, iteration: int) -> None:
+        checkpoints = self.run_dir.checkpoints_dir(self.job.stage)
+        folder = checkpoints / f"iteration-{iteration}"
+        self.actor.save_checkpoint(str(folder), tag="actor", save_latest=False)
+        self.critic.save_checkpoint(str(folder), tag="critic", save_latest=False)
+        state = {
+            "iteration": iteration,
+            "kl_controller": self.kl_controller.state_dict(),
+            "best_score": self.best_score,
+            "over_budget": self.over_budget,
+            "ema": self.ema,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+        }
+        torch.save(state, folder / f"trainer-rank{self.rank}.pt")
+        if dist.is_initialized():
+            dist.barrier()
+        if self.rank == 0:
+            mark_latest(checkpoints, folder.name)
+            for old in checkpoints.glob("iteration-*"):
+                if old.name != folder.name and int(old.name.split("-")[1]) < iteration - self.ppo.checkpoint_every:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self) -> None:
+        folder = latest_checkpoint(self.run_dir.checkpoints_dir(self.job.stage))
+        if folder is None:
+            return
+        self.actor.load_checkpoint(str(folder), tag="actor")
+        self.critic.load_checkpoint(str(folder), tag="critic")
+        state = torch.load(folder / f"trainer-rank{self.rank}.pt", weights_only=False)
+        self.iteration = state["iteration"]
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.best_score, self.over_budget, self.ema = state["best_score"], state["over_budget"], state["ema"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        if self.rank == 0:
+            truncate_metrics(self.run_dir.metrics_path(self.job.stage), self.iteration)
+
+    def log(self, record: dict[str, float], writer) -> None:
+        if self.rank != 0:
+            return
+        append_jsonl(self.run_dir.metrics_path(self.job.stage), record)
+        for name, value in record.items():
+            if name != "step":
+                writer.add_scalar(name, value, record["step"])
+
+    def train(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        ppo = self.ppo
+        self.load_checkpoint()
+        fault_iteration = int(os.environ.get(FAULT_ENV, "0"))
+        writer = SummaryWriter(str(self.run_dir.tensorboard_dir(self.job.stage))) if self.rank == 0 else None
+        progress = tqdm(total=ppo.iterations, initial=self.iteration, desc="ppo", disable=self.rank != 0)
+        while self.iteration < ppo.iterations and not self.over_budget:
+            iteration = self.iteration
+            prompts = self.iteration_prompts(iteration)
+            started = time.perf_counter()
+            batch = self.rollout.generate(prompts)  # 1. rollout
+            generated = time.perf_counter()
+            experience, rollout_metrics = self.make_experience(batch, prompts)  # 2-3. score, shape
+            scored = time.perf_counter()
+            learn_metrics = self.learn(experience, iteration)  # 4. learn
+            trained = time.perf_counter()
+
+            # 5. control: KL coefficient, metrics, validation, budget, checkpoint
+            metrics = _all_mean({**rollout_metrics, **learn_metrics})
+            self.kl_controller.update(metrics["kl"], ppo.episodes_per_iteration)
+            self.iteration = iteration + 1
+            record = {"step": self.iteration, **{f"ppo/{k}": v for k, v in metrics.items()}}
+            record.update({
+                "ppo/beta": self.kl_controller.value,
+                "time/generate": generated - started,
+                "time/score": scored - generated,
+                "time/train": trained - scored,
+                "ppo/episodes_per_second": ppo.episodes_per_iteration / (trained - started),
+            })
+            if ppo.max_kl is not None and metrics["kl"] > ppo.max_kl:
+                self.over_budget = True
+            if self.iteration % ppo.eval_every == 0 or self.iteration == ppo.iterations or self.over_budget:
+                validation = self.validation_score()
+                record["ppo/validation_score"] = validation
+                if not self.over_budget and validation > self.best_score:
+                    self.best_score = validation
+                    self.save_model(self.run_dir.stage_dir(self.job.stage) / BEST_DIR)
+            self.log(record, writer)
+            progress.update(1)
+            progress.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.2f}")
+            if self.iteration % ppo.checkpoint_every == 0 or self.iteration == ppo.iterations:
+                self.save_checkpoint(self.iteration)
+                if self.rank == 0 and self.iteration == fault_iteration:
+                    inject_fault_once(self.run_dir.stage_dir(self.job.stage))
+        progress.close()
+        if writer is not None:
+            writer.close()
+        self.save_model(self.run_dir.stage_dir(self.job.stage) / "final")
+        if self.rank == 0:
+            summary = {"iterations": self.iteration, "stopped_by_kl_budget": float(self.over_budget)}
+            if self.best_score > -math.inf:
+                summary["best_validation_score"] = self.best_score
+            atomic_write_json(self.run_dir.stage_dir(self.job.stage) / "training.json", summary)
+
+
+def worker(loop_config: dict) -> None:
+    job: PPOJob = loop_config["job"]
+    torch.set_num_threads(job.config.run.torch_threads)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    PPOTrainer(job).train()

@@ -1,0 +1,14 @@
+"""Stage `pretrain`: the tiny world's base model, trained from scratch (stage.py)."""
+
+from common.graph import StageDeclaration
+
+DECLARATION = StageDeclaration(
+    name="pretrain",
+    entry="stages.pretrain.stage:pretrain",
+    inputs=(),
+    config_keys=("model", "world", "data.pretrain", "pretrain"),
+    outputs=("model",),
+    headline=("final_loss",),
+    # a real base model (model.name_or_path) skips it
+    enabled=lambda config: config.model.name_or_path is None,
+)

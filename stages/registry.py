@@ -1,0 +1,31 @@
+"""The pipeline's stages in run order, from each stage package's declaration; `run(name)` is what
+`python -m stages.<name>` does. The orchestration (pipeline/) knows the stages through GRAPH alone."""
+
+from __future__ import annotations
+
+import importlib
+
+from common.graph import StageGraph
+from stages import eval as evaluation
+from stages import label, ppo, pretrain, rm, sample, sft
+
+GRAPH = StageGraph((
+    pretrain.DECLARATION,
+    sft.DECLARATION,
+    *sft.METHOD_DECLARATIONS,
+    sample.DECLARATION,
+    label.DECLARATION,
+    rm.DECLARATION,
+    ppo.DECLARATION,
+    ppo.NO_PTX_DECLARATION,
+    evaluation.DECLARATION,
+))
+
+
+def run(name: str, argv: list[str] | None = None) -> None:
+    """`python -m stages.<name> --config FILE --run-dir DIR`: the stage's body under the stage lifecycle."""
+    from stages.runtime.lifecycle import run_stage
+
+    declared = GRAPH[name]
+    module, function = declared.entry.split(":")
+    run_stage(GRAPH, declared, getattr(importlib.import_module(module), function), argv)

@@ -1,0 +1,25 @@
+"""Stage `rm` (stage.py): the reward model on K-way rankings (InstructGPT Eq. 1)."""
+
+from common.graph import StageDeclaration
+
+
+def _summary(metrics: dict[str, float]) -> list[str]:
+    if "rm/heldout_accuracy" not in metrics:
+        return []
+    line = f"reward model held-out accuracy: {metrics['rm/heldout_accuracy']:.3f} against the labels"
+    if "rm/true_order_accuracy" in metrics:
+        line += (f" (ceiling {metrics['rm/heldout_ceiling_accuracy']:.3f}), "
+                 f"{metrics['rm/true_order_accuracy']:.3f} against the tiny world's true order")
+    return [line]
+
+
+DECLARATION = StageDeclaration(
+    name="rm",
+    entry="stages.rm.stage:rm",
+    inputs=("sft", "label"),
+    config_keys=("world", "data.sft", "data.mixture", "data.rankings", "rm"),
+    outputs=("model",),
+    headline=("rm/heldout_accuracy",),
+    input_replaced=lambda config, name: name == "sft" and config.rm.model is not None,
+    summary=_summary,
+)

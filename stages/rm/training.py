@@ -1,0 +1,153 @@
+"""Reward-model training on the Ray Train workers: HF's Trainer (its DeepSpeed integration,
+checkpoints and resume) with the one thing written by hand, the K-way grouping: a batch element is
+one prompt's K sequences, and the loss is InstructGPT's Eq. 1 over all strict pairs inside it.
+
+After training every rank scores its share of the held-out candidates and of the demonstrations with
+the trained engine (ZeRO-3 shards stay sharded), the demonstration mean gives the normalisation bias,
+and the model is saved in HF format with the bias in its config.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+
+import torch
+from transformers import Trainer
+
+from common.config import Config
+from common.files import atomic_write_text
+from common.run_dir import RunDir
+from stages.models.reward_model import BIAS_KEY, encode, sequence_scores
+from stages.core.ranking import ranking_loss, reward_bias
+from stages.runtime.ray_workers import run_on_workers
+
+STAGE = "rm"
+SCORES_FILE = "heldout_scores.json"
+
+
+@dataclass
+class RMJob:
+    """Everything a worker needs; pickled to the Ray Train workers."""
+
+    config: Config
+    run_dir: str
+    init_model: str
+    tokenizer: str
+    train_groups: list[dict]  # {"texts": K reward texts, "tiers": best first}
+    heldout_texts: list[str]
+    demonstration_texts: list[str]
+
+
+class RankingCollator:
+    """Flattens a batch of prompt groups into one padded batch of sequences, keeping the group sizes
+    and tiers, so that every pair of a prompt is compared inside one batch element."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, groups: list[dict]) -> dict:
+        batch = encode(self.tokenizer, [text for group in groups for text in group["texts"]], self.max_length)
+        return {**batch, "group_sizes": [len(group["texts"]) for group in groups], "tiers": [group["tiers"] for group in groups]}
+
+
+class RankingTrainer(Trainer):
+    """HF Trainer whose loss is the K-way ranking loss; logs the pairwise accuracy beside the loss."""
+
+    def __init__(self, *args, margin: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.margin = margin
+        self._accuracies: list[float] = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        scores = sequence_scores(model, inputs["input_ids"], inputs["attention_mask"])
+        result = ranking_loss(list(torch.split(scores, inputs["group_sizes"])), inputs["tiers"], self.margin)
+        self._accuracies.append(result.accuracy.item())
+        return (result.loss, {"scores": scores}) if return_outputs else result.loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs and self._accuracies:
+            logs["accuracy"] = sum(self._accuracies) / len(self._accuracies)
+            self._accuracies.clear()
+        super().log(logs, *args, **kwargs)
+
+
+def train_rm(job: RMJob) -> None:
+    run_dir = RunDir(job.run_dir)
+    run_on_workers(job.config.ray, _worker, {"job": job}, name=STAGE, storage=run_dir.stage_dir(STAGE) / "ray")
+
+
+@torch.no_grad()
+def score_on_all_ranks(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> list[float]:
+    """Scores of `texts`, each rank taking every world-th one. Every rank runs the same number of
+    forward passes (ZeRO-3 gathers parameters collectively), padding its share with a repeat."""
+    import torch.distributed as dist
+
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+    share = texts[rank::world]
+    per_rank = -(-len(texts) // world)
+    padded = share + [texts[0]] * (per_rank - len(share))
+    scores: list[float] = []
+    for start in range(0, per_rank, batch_size):
+        batch = encode(tokenizer, padded[start : start + batch_size], max_length)
+        scores.extend(sequence_scores(model, batch["input_ids"], batch["attention_mask"]).float().tolist())
+    gathered: list[list[float]] = [None] * world  # type: ignore[list-item]
+    if dist.is_initialized():
+        dist.all_gather_object(gathered, scores[: len(share)])
+    else:
+        gathered = [scores]
+    result = [0.0] * len(texts)
+    for r, rank_scores in enumerate(gathered):
+        result[r::world] = rank_scores
+    return result
+
+
+def _worker(loop_config: dict) -> None:
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification, TrainingArguments
+
+    from stages.runtime.hf_trainer import StageFiles, resume_point, save_final, training_arguments
+    from stages.models.loading import load_tokenizer, peft_config
+    from stages.runtime.ray_workers import world_rank
+
+    job: RMJob = loop_config["job"]
+    config, section = job.config, job.config.rm
+    torch.set_num_threads(config.run.torch_threads)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    run_dir = RunDir(job.run_dir)
+    rank = world_rank()
+
+    # setup: the SFT model with a fresh scalar head, the grouped data
+    tokenizer = load_tokenizer(job.tokenizer)
+    load_kwargs = {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
+    model = AutoModelForSequenceClassification.from_pretrained(job.init_model, local_files_only=True, **load_kwargs)
+    if section.lora is not None:
+        model = get_peft_model(model, peft_config(section.lora, task_type="SEQ_CLS"))
+    args = TrainingArguments(**training_arguments(section, config, run_dir, STAGE, rank), remove_unused_columns=False)
+    trainer = RankingTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(job.train_groups),
+        data_collator=RankingCollator(tokenizer, section.max_length),
+        callbacks=[StageFiles(run_dir, STAGE, rank)],
+        margin=section.margin,
+    )
+    # train
+    trainer.train(resume_from_checkpoint=resume_point(run_dir, STAGE, rank))
+
+    # score held-out candidates and demonstrations; the bias centres the demonstrations at 0
+    engine = trainer.model_wrapped
+    engine.eval()
+    batch_size = 4 * section.batch_size
+    heldout = score_on_all_ranks(engine, tokenizer, job.heldout_texts, section.max_length, batch_size)
+    demonstrations = score_on_all_ranks(engine, tokenizer, job.demonstration_texts, section.max_length, batch_size)
+    bias = float(reward_bias(torch.tensor(demonstrations)))
+    if rank == 0:
+        record = {"heldout_raw_scores": heldout, "bias": bias, "demonstration_raw_mean": -bias}
+        atomic_write_text(run_dir.stage_dir(STAGE) / SCORES_FILE, json.dumps(record))
+
+    # save DIR/rm/model with the bias in its config
+    save_final(trainer, tokenizer, run_dir, STAGE, job.init_model, section.lora, rank,
+               AutoModelForSequenceClassification, {BIAS_KEY: bias}, **load_kwargs)

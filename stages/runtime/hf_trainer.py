@@ -1,0 +1,133 @@
+"""What every HF-Trainer-based stage shares on a Ray Train worker: the training arguments built from a
+TrainSection, the run-dir files (metrics.jsonl, the `latest` checkpoint marker), resume from the
+latest complete checkpoint, fault injection for recovery tests, and the final save in HF format.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from common.config import Config, LoraSection, TrainSection
+from common.files import append_jsonl
+from common.run_dir import RunDir
+from stages.runtime.checkpoints import latest_checkpoint, mark_latest, publish_dir, truncate_metrics
+from stages.runtime.deepspeed_config import deepspeed_config
+
+# Fault injection for tests of recovery: rank 0 dies at this optimizer step, once per stage run.
+FAULT_ENV = "RLHF_FAULT_AT_STEP"
+
+
+def inject_fault_once(stage_dir: Path) -> None:
+    marker = stage_dir / "fault_injected"
+    if not marker.exists():
+        marker.touch()
+        os._exit(1)
+
+
+class StageFiles(TrainerCallback):
+    """metrics.jsonl records (keys prefixed "train/"), the `latest` marker once every rank has written
+    its part of a checkpoint, and the injected fault."""
+
+    def __init__(self, run_dir: RunDir, stage: str, rank: int):
+        self.run_dir, self.stage, self.rank = run_dir, stage, rank
+        self.fault_step = int(os.environ.get(FAULT_ENV, "0"))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.rank == 0 and state.global_step == self.fault_step:
+            inject_fault_once(self.run_dir.stage_dir(self.stage))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, **{f"train/{k}": v for k, v in logs.items()}}
+            append_jsonl(self.run_dir.metrics_path(self.stage), record)
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch
+
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if state.is_world_process_zero:
+            mark_latest(self.run_dir.checkpoints_dir(self.stage), f"checkpoint-{state.global_step}")
+
+
+def training_arguments(train: TrainSection, config: Config, run_dir: RunDir, stage: str, rank: int) -> dict[str, Any]:
+    """TrainingArguments keywords shared by every stage (TRL's configs subclass TrainingArguments)."""
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir.tensorboard_dir(stage))
+    return dict(
+        output_dir=str(run_dir.checkpoints_dir(stage)),
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        learning_rate=train.lr,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": train.min_lr_ratio},
+        warmup_steps=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        adam_beta2=train.adam_beta2,
+        max_grad_norm=train.max_grad_norm,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        logging_steps=train.log_every,
+        save_steps=train.checkpoint_every,
+        save_total_limit=2,
+        seed=config.run.seed,
+        report_to=["tensorboard"],
+        deepspeed=deepspeed_config(config.deepspeed),
+        use_cpu=not config.ray.use_gpu,
+        bf16=config.deepspeed.precision == "bf16",
+        fp16=config.deepspeed.precision == "fp16",
+        disable_tqdm=rank != 0,
+        dataloader_num_workers=0,
+    )
+
+
+def resume_point(run_dir: RunDir, stage: str, rank: int) -> str | None:
+    """The latest complete checkpoint (a resumed stage, or a worker group restarted by Ray); the
+    metrics logged after it are dropped, since the resumed run logs those steps again."""
+    latest = latest_checkpoint(run_dir.checkpoints_dir(stage))
+    if latest is None:
+        return None
+    if rank == 0:
+        truncate_metrics(run_dir.metrics_path(stage), int(latest.name.rsplit("-", 1)[1]))
+    return str(latest)
+
+
+def save_final(trainer, tokenizer, run_dir: RunDir, stage: str, init_model: str, lora: LoraSection | None, rank: int,
+               auto_class, config_updates: dict[str, Any] | None = None, **load_kwargs) -> None:
+    """Write DIR/<stage>/model (and, with LoRA, DIR/<stage>/adapter) through temp dirs and renames.
+
+    `config_updates` go into the saved model's config.json (the reward model's bias, for one).
+    With LoRA the merged model is rebuilt from `init_model` with `auto_class.from_pretrained(...,
+    **load_kwargs)` and the adapter."""
+    import torch
+
+    stage_dir = run_dir.stage_dir(stage)
+    tmp = stage_dir / "model.tmp"
+    updates = config_updates or {}
+    if lora is None:
+        trainer.model.config.update(updates)
+        trainer.save_model(str(tmp))  # every rank takes part: ZeRO-3 gathers the shards
+    else:
+        adapter_tmp = stage_dir / "adapter.tmp"
+        trainer.save_model(str(adapter_tmp))
+        if rank == 0:
+            from peft import PeftModel
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            # training is over: without this, ZeRO-3's zero.Init would make this rank-0-only load
+            # wait for the other ranks in a collective they never join
+            unset_hf_deepspeed_config()
+            base = auto_class.from_pretrained(init_model, local_files_only=True, **load_kwargs)
+            merged = PeftModel.from_pretrained(base, str(adapter_tmp)).merge_and_unload()
+            merged.config.update(updates)
+            merged.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(adapter_tmp))
+            publish_dir(adapter_tmp, stage_dir / "adapter")
+    if rank == 0:
+        tokenizer.save_pretrained(str(tmp))
+        publish_dir(tmp, run_dir.model_dir(stage))
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()

@@ -1,0 +1,75 @@
+"""The stages' one contact with Ray: run a training loop on `ray.num_workers` Ray Train workers, or
+shards of work that needs no gradients (sampling) as plain Ray tasks.
+
+Inside a Ray job (RAY_ADDRESS set by the job server) the stage joins that cluster; otherwise it
+starts a local Ray for itself. A failed worker group restarts up to `ray.max_failures` times, and the
+loop resumes from the stage's latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from common.config import RaySection
+from common.ray_env import set_worker_env
+
+
+def ensure_ray(ray_config: RaySection) -> None:
+    import ray
+
+    set_worker_env()
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    cpus_needed = ray_config.num_workers * ray_config.resources_per_worker.get("CPU", 1.0)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)), log_to_driver=True)
+
+
+def run_on_workers(
+    ray_config: RaySection, loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], name: str, storage: Path
+) -> None:
+    """Run `loop(loop_config)` on every worker of a data-parallel group, and wait for it."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    ensure_ray(ray_config)
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=ray_config.num_workers,
+            use_gpu=ray_config.use_gpu,
+            resources_per_worker=ray_config.resources_per_worker,
+        ),
+        torch_config=TorchConfig(backend="nccl" if ray_config.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage.resolve()),
+            failure_config=FailureConfig(max_failures=ray_config.max_failures),
+        ),
+    )
+    trainer.fit()
+
+
+def map_on_workers(ray_config: RaySection, fn: Callable[..., Any], shards: list[Any], **kwargs: Any) -> list[Any]:
+    """`[fn(shard, **kwargs) for shard in shards]`, one Ray task per shard, each reserving a worker's
+    resources; results in shard order."""
+    import ray
+
+    ensure_ray(ray_config)
+    resources = dict(ray_config.resources_per_worker)
+    task = ray.remote(
+        num_cpus=resources.pop("CPU", 1.0), num_gpus=1 if ray_config.use_gpu else 0, resources=resources or None,
+        max_retries=max(ray_config.max_failures, 0),
+    )(fn)
+    return ray.get([task.remote(shard, **kwargs) for shard in shards])
+
+
+def world_rank() -> int:
+    from ray import train
+
+    return train.get_context().get_world_rank()

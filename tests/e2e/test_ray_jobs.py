@@ -1,0 +1,147 @@
+"""Stages as Ray jobs against a real local Ray head with its job server, started here and stopped by
+the process group of the `ray start --block` that this test launched (PIDs, never names)."""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+QUICK_SFT = ["world.demonstrations=600", "sft.max_steps=20", "sft.checkpoint_every=10", "sft.pretrain_mix=0"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head with the dashboard's job server on loopback, token authentication on (this test's
+    own token; the rlhf commands below find it as users' do, through the environment); yields the
+    job-server address."""
+    bin_dir = Path(sys.executable).parent
+    dashboard, gcs = free_port(), free_port()
+    token = tmp_path_factory.mktemp("auth") / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    auth = pytest.MonkeyPatch()
+    auth.setenv("RAY_AUTH_MODE", "token")
+    auth.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    auth.delenv("RAY_ADDRESS", raising=False)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--num-cpus=2", "--include-dashboard=true",
+         f"--temp-dir={tmp_path_factory.mktemp('ray')}"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.time() + 120
+    while True:
+        try:
+            JobSubmissionClient(address).list_jobs()
+            break
+        except Exception:
+            if time.time() > deadline or head.poll() is not None:
+                os.killpg(head.pid, signal.SIGKILL)
+                auth.undo()
+                raise
+            time.sleep(1)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)  # the whole group `ray start --block` leads
+    try:
+        head.wait(timeout=5)  # it seldom stops on SIGTERM alone; the test's own cluster can be killed
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+    auth.undo()
+
+
+def rlhf(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"rlhf {args} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    """A tiny pretrained base (pretrain stage, a few steps), so that SFT needs no pipeline input."""
+    run_dir = tmp_path_factory.mktemp("base") / "run"
+    rlhf("run", "--run-dir", str(run_dir), "--stages", "pretrain", "--set", "world.corpus_docs=500", "--set", "pretrain.max_steps=10")
+    return run_dir / "pretrain" / "model"
+
+
+def test_submit_sft_as_a_ray_job_records_it_and_writes_the_model(ray_head, base_model, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = sum((["--set", s] for s in [f"model.name_or_path={base_model}", *QUICK_SFT]), [])
+    submitted = rlhf("submit", "sft", "--run-dir", str(run_dir), "--address", ray_head, *overrides)
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    record = json.loads((run_dir / "manifest.json").read_text())["stages"]["sft"]
+    assert record["job_id"] == job_id and record["job_address"] == ray_head
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    jobs = JobSubmissionClient(ray_head)
+    deadline = time.time() + 600
+    while jobs.get_job_status(job_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.time() < deadline
+        time.sleep(2)
+    assert jobs.get_job_status(job_id) == JobStatus.SUCCEEDED, jobs.get_job_logs(job_id)[-3000:]
+    record = json.loads((run_dir / "manifest.json").read_text())["stages"]["sft"]
+    assert record["status"] == "done" and (run_dir / "sft" / "model" / "model.safetensors").exists()
+    assert "train_runtime" in rlhf("logs", str(run_dir), "sft").stdout  # the job's own output
+    status = rlhf("status", str(run_dir)).stdout
+    assert job_id in status and "done" in status
+
+
+def test_submit_refuses_a_stage_whose_inputs_are_not_done(ray_head, tmp_path):
+    refused = rlhf("submit", "rm", "--run-dir", str(tmp_path / "empty"), "--address", ray_head, check=False)
+    assert refused.returncode == 2
+    assert "stage rm needs stage sft done with this config" in refused.stderr
+
+
+def test_run_with_an_address_chains_the_stages_as_jobs(ray_head, tmp_path):
+    run_dir = tmp_path / "run"
+    result = rlhf("run", "--run-dir", str(run_dir), "--address", ray_head, "--stages", "pretrain",
+                  "--set", "world.corpus_docs=300", "--set", "pretrain.max_steps=5")
+    record = json.loads((run_dir / "manifest.json").read_text())["stages"]["pretrain"]
+    assert record["status"] == "done" and record["job_id"].startswith("rlhf-pretrain-")
+    assert f"pretrain: Ray job {record['job_id']}" in result.stdout
+    assert "train_runtime" in result.stdout  # the job's output, followed to the terminal
+    assert (run_dir / "pretrain" / "model" / "config.json").exists()
+
+
+def test_a_resumed_run_replaces_the_job_its_killed_driver_left_running(ray_head, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["-m", "pipeline", "run", "--run-dir", str(run_dir), "--address", ray_head, "--stages", "pretrain", "--resume",
+            "--set", "world.corpus_docs=300", "--set", "pretrain.max_steps=40"]
+    driver = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = run_dir / "manifest.json"
+    deadline = time.time() + 120
+    while not (manifest.exists() and json.loads(manifest.read_text())["stages"].get("pretrain", {}).get("job_id")):
+        assert driver.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    job_id = json.loads(manifest.read_text())["stages"]["pretrain"]["job_id"]
+    resumed = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"stopped Ray job {job_id}, left running by a driver that is gone" in resumed.stdout
+    record = json.loads(manifest.read_text())["stages"]["pretrain"]
+    assert record["status"] == "done" and record["job_id"] != job_id
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    assert JobSubmissionClient(ray_head).get_job_status(job_id) == JobStatus.STOPPED  # one job at a time

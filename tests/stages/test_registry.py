@@ -1,0 +1,79 @@
+from common.config import load_config
+from stages.registry import GRAPH
+
+fingerprints, inputs_of, enabled_stages = GRAPH.fingerprints, GRAPH.inputs_of, GRAPH.enabled
+
+
+def test_fingerprint_changes_with_the_stage_config_and_flows_downstream():
+    base = fingerprints(load_config(None))
+    sft_changed = fingerprints(load_config(None, ["sft.lr=5e-4"]))
+    pre_changed = fingerprints(load_config(None, ["pretrain.lr=5e-4"]))
+    assert sft_changed["pretrain"] == base["pretrain"] and sft_changed["sft"] != base["sft"]
+    assert pre_changed["pretrain"] != base["pretrain"] and pre_changed["sft"] != base["sft"]
+    # how the run is placed does not change what it computes
+    placement = ["ray.max_failures=3", "run.torch_threads=2", "deepspeed.zero_stage=3", "deepspeed.offload_optimizer=true"]
+    assert fingerprints(load_config(None, placement)) == base
+    assert fingerprints(load_config(None, ["deepspeed.precision=bf16"]))["pretrain"] != base["pretrain"]
+
+
+def test_a_pretrained_base_model_skips_pretrain():
+    config = load_config(None, ["model.name_or_path=/models/base"])
+    assert [s.name for s in enabled_stages(config)] == ["sft", "sft_lora", "sft_bitune", "sft_cmlm", "sample", "label", "rm",
+                                                        "ppo", "ppo_no_ptx", "eval"]
+    assert inputs_of("sft", config) == []
+    assert inputs_of("sft", load_config(None)) == ["pretrain"]
+
+
+def test_a_rankings_file_skips_sampling_and_labeling_and_an_rm_change_reruns_only_rm():
+    config = load_config(None, ["data.rankings.path=labels.jsonl"])
+    assert not {"sample", "label"} & {s.name for s in enabled_stages(config)}
+    assert inputs_of("rm", config) == ["sft"]
+    assert inputs_of("rm", load_config(None)) == ["sft", "label"]
+    base = fingerprints(load_config(None))
+    rm_changed = fingerprints(load_config(None, ["rm.lr=1e-4"]))
+    assert [s for s in base if base[s] != rm_changed[s]] == ["rm", "ppo", "ppo_no_ptx", "eval"]
+    sample_changed = fingerprints(load_config(None, ["sample.k=6"]))
+    assert [s for s in base if base[s] != sample_changed[s]] == ["sample", "label", "rm", "ppo", "ppo_no_ptx", "eval"]
+    labeling_changed = fingerprints(load_config(None, ["labeling.overlap_fraction=0.2"]))
+    assert [s for s in base if base[s] != labeling_changed[s]] == ["label", "rm", "ppo", "ppo_no_ptx", "eval"]
+    selection_changed = fingerprints(load_config(None, ["labeling.select=diverse"]))  # other prompts get candidates
+    assert [s for s in base if base[s] != selection_changed[s]] == ["sample", "label", "rm", "ppo", "ppo_no_ptx", "eval"]
+    ppo_changed = fingerprints(load_config(None, ["ppo.kl_coef=0.05"]))
+    assert [s for s in base if base[s] != ppo_changed[s]] == ["ppo", "ppo_no_ptx", "eval"]
+    assert "ppo_no_ptx" not in fingerprints(load_config(None, ["eval.compare_without_ptx=false"]))
+
+
+def test_ppo_on_models_given_as_paths_needs_no_pipeline_stage():
+    config = load_config(None, ["ppo.actor=/models/policy", "ppo.reward_model=/models/rm"])
+    assert inputs_of("ppo", config) == []
+    assert inputs_of("ppo", load_config(None, ["ppo.actor=/models/policy"])) == ["rm"]
+
+
+def test_eval_of_models_on_disk_needs_no_pipeline_stage():
+    policies = "eval.policies={sft: /models/sft, ppo: /models/ppo}"
+    assert inputs_of("eval", load_config(None, [policies, "eval.reward_model=/models/rm"])) == []
+    assert inputs_of("eval", load_config(None, [policies])) == ["rm"]
+
+
+def test_sft_methods_rerun_only_on_the_keys_they_read():
+    base = fingerprints(load_config(None))
+
+    def changed(*overrides):
+        new = fingerprints(load_config(None, list(overrides)))
+        return [name for name in base if base[name] != new[name]]
+
+    assert changed("sft.bitune.lora.alpha=4") == ["sft_lora", "sft_bitune", "eval"]
+    assert changed("sft.bitune.ablation=shared") == ["sft_bitune", "eval"]
+    assert changed("sft.cmlm.decode_iters=4") == ["sft_cmlm", "eval"]
+    assert changed("sft.pretrain_mix=0.2") == ["sft", "sample", "label", "rm", "ppo", "ppo_no_ptx", "eval"]
+    assert changed("sft.lr=1e-4") == ["sft", "sft_lora", "sft_bitune", "sft_cmlm", "sample", "label", "rm", "ppo",
+                                      "ppo_no_ptx", "eval"]
+    # the pipeline's own SFT reads its method's section
+    assert "sft" in changed("sft.method=bitune") and "sft" in fingerprints(load_config(None, ["sft.method=bitune"]))
+    bitune = fingerprints(load_config(None, ["sft.method=bitune"]))
+    assert bitune["sft"] != fingerprints(load_config(None, ["sft.method=bitune", "sft.bitune.s_init=0.1"]))["sft"]
+
+
+def test_policies_given_as_paths_replace_the_sft_input():
+    config = load_config(None, ["sample.policies={a: /models/a}", "rm.model=/models/rm"])
+    assert inputs_of("sample", config) == [] and inputs_of("rm", config) == ["label"]

@@ -39,7 +39,12 @@ def main() -> None:
     import torch
 
     from common.config import TINY_GPT2, CMLMSection
-    from stages.models.cmlm import CMLMModel, CMLMSettings, add_mask_token, build_encoder
+    from stages.models.cmlm import (
+        CMLMModel,
+        CMLMSettings,
+        add_mask_token,
+        build_encoder,
+    )
     from stages.models.loading import build_model, train_char_tokenizer
     from tiny_world import TinyWorld
 
@@ -50,8 +55,7 @@ def main() -> None:
     prompts = [e.prompt for e in world.train_examples(args.batch, "bench")]
     causal = build_model(TINY_GPT2, tokenizer).eval()
     add_mask_token(tokenizer)
-    tokenizer.padding_side = "left"
-    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     encoder = build_encoder(CMLMSection().init, tokenizer)
     room = TINY_GPT2["n_positions"] - batch["input_ids"].shape[1]
     if max(args.lengths) > room:

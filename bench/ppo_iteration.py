@@ -26,11 +26,11 @@ from transformers import AutoModelForSequenceClassification
 
 from bench import record
 from common.config import TINY_GPT2, load_config
-from stages.models.loading import build_model, train_char_tokenizer
 from stages.core.functional import token_logprobs
 from stages.models.forward import lm_loss, response_logits
-from stages.ppo.trainer import PPOJob, PPOTrainer
+from stages.models.loading import build_model, train_char_tokenizer
 from stages.models.reward_model import sequence_scores, token_scores
+from stages.ppo.trainer import PPOTrainer, PPOTrainingSpec
 from tiny_world import TinyWorld
 
 
@@ -56,8 +56,7 @@ def floor_seconds(trainer: PPOTrainer, prompts: list[str]) -> float:
     """The same tokens through the unavoidable work only."""
     ppo, tokenizer = trainer.ppo, trainer.tokenizer
     started = time.perf_counter()
-    tokenizer.padding_side = "left"
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     with torch.no_grad():
         sequences = trainer.actor.module.generate(**encoded, do_sample=True, top_k=0, max_new_tokens=ppo.max_new_tokens,
                                                   min_new_tokens=ppo.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
@@ -96,11 +95,11 @@ def main() -> None:
             f"ppo.episodes_per_iteration={args.episodes}", f"ppo.max_new_tokens={args.new_tokens}", "ppo.fixed_length=true",
             "ppo.minibatches=2", "ppo.ppo_epochs=2", "deepspeed.zero_stage=2",
         ])
-        job = PPOJob(config=config, run_dir=str(root / "run"), stage="ppo", actor=str(root / "actor"), reference=str(root / "actor"),
+        spec = PPOTrainingSpec(config=config, run_dir=str(root / "run"), stage="ppo", actor=str(root / "actor"), reference=str(root / "actor"),
                      reward_model=str(root / "rm"), critic=str(root / "rm"), tokenizer=str(root / "actor"),
                      prompts=[e.prompt for e in world.train_examples(1000, "bench")], validation_prompts=[],
                      pretraining=world.corpus(2000), tasks=None)
-        trainer = PPOTrainer(job)
+        trainer = PPOTrainer(spec)
         splits = {"generate": 0.0, "score": 0.0, "train": 0.0}
         real = floor = 0.0
         for iteration in range(args.iterations + 1):  # the first of each is a warm-up

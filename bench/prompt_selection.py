@@ -49,8 +49,8 @@ def test_set(source: Path, k: int, per_family: int, seed: int) -> tuple[list[str
 
     from common.config import load_config
     from stages.data.datasets import make_world
-    from stages.scoring.evaluation import generate
     from stages.models.loading import load_tokenizer
+    from stages.scoring.evaluation import generate
     from tiny_world import true_score
 
     world = make_world(load_config(source / "config.yaml").world)

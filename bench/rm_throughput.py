@@ -20,9 +20,9 @@ from transformers import AutoModelForSequenceClassification, GPT2Config
 
 from bench import record
 from common.config import TINY_GPT2
+from stages.core.ranking import ranking_loss
 from stages.models.loading import train_char_tokenizer
 from stages.models.reward_model import encode, reward_text, sequence_scores
-from stages.core.ranking import ranking_loss
 from tiny_world import TinyWorld
 
 

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from common.errors import InputError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+# the SFT methods that eval.compare_sft_methods can train beside the pipeline's SFT (stages sft_<method>)
+SFT_COMPARED_METHODS = ("lora", "bitune", "cmlm")
 
 
 class Section(BaseModel):
@@ -397,7 +399,7 @@ class EvalSection(Section):
         None, description="Held-out pretraining text for the LM loss with eval.prompts (the tiny world has its own)."
     )
     max_new_tokens: int = Field(32, ge=1, description="Response length limit when generating for evaluation.")
-    compare_sft_methods: list[Literal["lora", "bitune", "cmlm"]] = Field(
+    compare_sft_methods: list[Literal[SFT_COMPARED_METHODS]] = Field(
         default_factory=list,
         description="SFT methods to train beside the pipeline's SFT (stages sft_lora, sft_bitune, sft_cmlm, with "
         "sft.bitune.lora for both adapter methods) and evaluate as policies, with their decoding speed.",
@@ -462,9 +464,31 @@ class Config(Section):
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     ray: RaySection = Field(default_factory=RaySection)
 
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Config:
+        """Rules that span sections, checked here so that a run is refused before anything starts."""
+        ppo, zero3, workers = self.ppo, self.deepspeed.zero_stage == 3, self.ray.num_workers
+        if ppo.episodes_per_iteration % (workers * ppo.minibatches):
+            raise ValueError(f"ppo.episodes_per_iteration ({ppo.episodes_per_iteration}) must be a multiple of "
+                             f"ray.num_workers x ppo.minibatches ({workers} x {ppo.minibatches})")
+        if 0 < ppo.validation_prompts < workers:
+            raise ValueError(f"ppo.validation_prompts ({ppo.validation_prompts}) must be 0 or at least ray.num_workers ({workers})")
+        if ppo.prompts is not None and ppo.reward == "oracle":
+            raise ValueError("ppo.reward: 'oracle' scores the tiny world's tasks; with ppo.prompts use 'model'")
+        if ppo.ema_decay is not None and zero3:
+            raise ValueError("ppo.ema_decay: the EMA needs every rank to hold the full weights; use deepspeed.zero_stage "
+                             "0-2 or drop it")
+        if ppo.lora is not None and zero3:
+            raise ValueError("ppo.lora: LoRA on the actor runs under deepspeed.zero_stage 0-2")
+        if ppo.lora is not None and (ppo.ema_decay is not None or ppo.reference is not None):
+            raise ValueError("ppo.lora: the reference is the actor without adapters; drop ppo.reference and ppo.ema_decay")
+        return self
+
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if not error["loc"]:  # a rule across sections: its message names the keys
+        return error["msg"].removeprefix("Value error, ")
+    key = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     return f"{key}: {error['msg']} (got {error['input']!r})"

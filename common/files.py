@@ -1,12 +1,18 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""The project's file helpers: atomic writes (a reader sees the old file or the new one, never half of
+either), and the two JSONL readers: `read_jsonl` for files this project appends to (a torn last line
+is a crash mid-append, ignored), `numbered_jsonl_records` for files a user gives (every bad line is
+an error naming its line)."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from common.errors import InputError
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -52,3 +58,19 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break
     return records
+
+
+def numbered_jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each non-blank line of a user's JSONL file; a line that is not a JSON
+    object is an InputError naming the file and the line."""
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
+            yield number, record

@@ -39,6 +39,10 @@ def _same_config(config: Config) -> Config:
     return config
 
 
+def _nothing_to_check(config: Config) -> None:
+    return None
+
+
 def _no_summary(metrics: dict[str, float]) -> list[str]:
     return []
 
@@ -67,6 +71,8 @@ class StageDeclaration:
     ignored: Callable[[Config], tuple[str, ...]] = _nothing_ignored
     # the config the body sees (a comparison stage runs another stage's body on a changed config)
     config_view: Callable[[Config], Config] = _same_config
+    # cheap checks of the files and models the config names (common/inputs.py), run before Ray or torch start
+    check_inputs: Callable[[Config], None] = _nothing_to_check
     # lines for the end of `rlhf run`, from the stage's manifest metrics
     summary: Callable[[dict[str, float]], list[str]] = _no_summary
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from labeling_ui.cli import add_commands as add_label_commands
 from common.errors import EXIT_BAD_INPUT, InputError
+from labeling_ui.cli import add_commands as add_label_commands
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -28,6 +28,7 @@ def _submit(args: argparse.Namespace) -> None:
         raise InputError(f"unknown stage {args.stage!r}; stages are {', '.join(GRAPH.names)}")
     config = load_config(args.config, args.set)
     run = RunDir(args.run_dir)
+    GRAPH[args.stage].check_inputs(config)
     GRAPH.require_inputs(args.stage, config, run)
     print(submit_stage(args.stage, config, run, args.address))
 

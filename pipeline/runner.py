@@ -96,9 +96,11 @@ def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: st
         for needed in GRAPH.inputs_of(name, config):
             if needed not in selected and not run.is_done(needed, prints[needed]):
                 raise InputError(f"--stages {stages}: stage {name} needs {needed}, which is not done with this config")
+    to_run = [n for n in selected if not (resume and run.is_done(n, prints[n]))]
+    for name in to_run:  # what the config points at, before Ray or any model starts
+        GRAPH[name].check_inputs(config)
     with RunLock(run.root):  # the stage processes inherit it
         resolved_path = prepare_run_dir(run, config, resume)
-        to_run = [n for n in selected if not (resume and run.is_done(n, prints[n]))]
         for name in selected:
             if name not in to_run:
                 print(f"[rlhf] {name}: done with this config, skipped")

@@ -7,7 +7,6 @@ from common.run_dir import AWAITING_LABELS, RunDir
 from stages.registry import GRAPH
 
 
-
 def status_rows(run_dir: str) -> list[dict[str, str]]:
     run = RunDir(run_dir)
     if not run.manifest_path.exists():

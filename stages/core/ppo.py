@@ -14,7 +14,7 @@ real position. Every loss and metric reduces through ``masked_mean``.
 
 import torch
 
-from stages.core.functional import last_token_index, masked_mean, masked_whiten
+from stages.core.functional import last_token_index, masked_mean
 
 # ---------------------------------------------------------------------------
 # KL to the reference (SFT) policy and reward shaping

@@ -11,15 +11,20 @@ in as completions with an empty prompt (LM loss on all of it).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
+from datasets import (
+    Dataset,
+    DatasetDict,
+    concatenate_datasets,
+    load_dataset,
+    load_from_disk,
+)
 
 from common.config import DataSection, DatasetSource, WorldSection
 from common.errors import InputError
-from tiny_world import TinyWorld
+from common.files import numbered_jsonl_records, read_jsonl
+from tiny_world import Task, TinyWorld
 
 SFT_FORMATS = {"prompt_completion": ("prompt", "completion"), "messages": ("messages",)}
 PROMPT_FORMATS = {"prompt": ("prompt",)}
@@ -55,20 +60,6 @@ def _required_fields(source: DatasetSource, columns: list[str], where: str, allo
     expected = " or ".join("/".join(fields) for fields in formats.values())
     raise InputError(f"{where}: records have fields {sorted(columns)}; expected {expected}")
 
-
-def numbered_jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, record) for each non-blank line; a line that is not a JSON object is an InputError."""
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
-            yield number, record
 
 
 def _check_jsonl(path: Path, source: DatasetSource, allowed: tuple[str, ...]) -> None:
@@ -213,3 +204,9 @@ def mix_pretraining(demos: Dataset, text: Dataset, ratio: float) -> Dataset:
     indices = [i % len(text) for i in range(n_mix)]
     mixed = text.select(indices).map(lambda r: {"prompt": "", "completion": r["text"]}, remove_columns=["text"])
     return concatenate_datasets([demos, mixed])
+
+
+def world_tasks(rankings_path) -> dict[str, Task]:
+    """The tiny-world task behind each prompt of a candidates or rankings file, keyed by prompt text."""
+    return {r["prompt"]: Task(r["world_task"]["family"], tuple(r["world_task"]["args"]), r["world_task"]["answer"])
+            for r in read_jsonl(rankings_path)}

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import InputError
-from stages.data.datasets import numbered_jsonl_records, open_dataset, render_conversation
+from common.files import numbered_jsonl_records
+from stages.data.datasets import open_dataset, render_conversation
 
 EXPECTED = "expected K-way prompt/candidates/ranking, pairwise prompt/chosen/rejected, or chosen/rejected"
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"

@@ -1,9 +1,9 @@
 """Stage `eval` (stage.py): every policy on held-out prompts, judged by the true score (tiny world) and
 by reward models; writes the run's report (report.py)."""
 
-from common.config import Config
+from common.config import SFT_COMPARED_METHODS, Config
 from common.graph import StageDeclaration
-from stages.sft import COMPARED_METHODS
+from common.inputs import require_dataset, require_model_dir
 
 JUDGES = {"": "the true score", "rm_": "the reward model", "heldout_rm_": "the held-out reward model"}
 
@@ -12,6 +12,16 @@ def _input_replaced(config: Config, name: str) -> bool:
     if name == "rm":
         return config.eval.reward_model is not None or config.ppo.reward_model is not None
     return config.eval.policies is not None
+
+
+def check_inputs(config: Config) -> None:
+    require_dataset(config.eval.prompts, "eval.prompts")
+    require_dataset(config.eval.heldout_text, "eval.heldout_text")
+    for name, path in (config.eval.policies or {}).items():
+        require_model_dir(path, f"eval.policies.{name}")
+    require_model_dir(config.eval.reward_model, "eval.reward_model")
+    require_model_dir(config.eval.heldout_reward_model, "eval.heldout_reward_model")
+    require_model_dir(config.ppo.reward_model, "ppo.reward_model")
 
 
 def _summary(metrics: dict[str, float]) -> list[str]:
@@ -29,7 +39,7 @@ def _summary(metrics: dict[str, float]) -> list[str]:
         sft_loss = metrics["sft/lm_loss"]
         lines.append(f"pretraining LM loss against SFT: {metrics['ppo/lm_loss'] - sft_loss:+.4f} with ptx, "
                      f"{metrics['ppo_no_ptx/lm_loss'] - sft_loss:+.4f} without")
-    methods = [name for name in ("sft", *(f"sft_{m}" for m in COMPARED_METHODS)) if f"{name}/true_score" in metrics]
+    methods = [name for name in ("sft", *(f"sft_{m}" for m in SFT_COMPARED_METHODS)) if f"{name}/true_score" in metrics]
     if len(methods) > 1:
         lines.append("SFT methods, held-out true score (decoding ms per response): " + ", ".join(
             f"{name.removeprefix('sft_')} {metrics[f'{name}/true_score']:.3f} ({metrics[f'{name}/decode_ms']:.1f})"
@@ -40,11 +50,12 @@ def _summary(metrics: dict[str, float]) -> list[str]:
 DECLARATION = StageDeclaration(
     name="eval",
     entry="stages.eval.stage:evaluate",
-    inputs=("pretrain", "sft", "rm", "ppo", "ppo_no_ptx", *(f"sft_{m}" for m in COMPARED_METHODS)),
+    inputs=("pretrain", "sft", "rm", "ppo", "ppo_no_ptx", *(f"sft_{m}" for m in SFT_COMPARED_METHODS)),
     config_keys=("world", "data.mixture", "eval", "rm.max_length", "ppo.reward_model"),
     outputs=("report", "policies", "responses"),
     headline=("ppo/win_rate_vs_sft",),
     # eval.policies and eval.reward_model evaluate models on disk instead of the pipeline's
     input_replaced=_input_replaced,
+    check_inputs=check_inputs,
     summary=_summary,
 )

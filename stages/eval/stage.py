@@ -23,13 +23,25 @@ from pathlib import Path
 
 from common.config import Config
 from common.files import atomic_write_json, atomic_write_jsonl
-from stages.eval.report import build_report
 from common.run_dir import RunDir
 from stages.data.datasets import make_world, prompts_from_file, text_dataset_from_file
+from stages.eval.report import build_report
+from stages.models.loading import (
+    check_model_dir,
+    load_policy,
+    load_tokenizer,
+    sft_method_of,
+)
 from stages.runtime.lifecycle import StageResult
+from stages.scoring.evaluation import (
+    evaluate_lm_loss,
+    judge,
+    respond,
+    respond_greedy,
+    world_prompts,
+    world_scores,
+)
 from stages.scoring.metrics import win_rate
-from stages.scoring.evaluation import evaluate_lm_loss, judge, respond, respond_greedy, world_prompts, world_scores
-from stages.models.loading import check_model_dir, load_policy, load_tokenizer, sft_method_of
 
 STAGE = "eval"
 JUDGES = ("rm", "heldout_rm")  # figure prefixes of the trained and the held-out reward model

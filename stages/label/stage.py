@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import json
 
-from labeling_ui.export import export_snapshot
-from labeling_ui.simulated import SimulatedAnnotator, calibrate_noise, label_through_store
-from labeling_ui.store import open_run_store
 from common.config import Config
 from common.errors import AwaitingLabels, InputError
 from common.files import atomic_write_text, read_jsonl
 from common.run_dir import RunDir
+from labeling_ui.export import export_snapshot
+from labeling_ui.simulated import (
+    SimulatedAnnotator,
+    calibrate_noise,
+    label_through_store,
+)
+from labeling_ui.store import open_run_store
+from stages.data.datasets import world_tasks
 from stages.runtime.lifecycle import StageResult
-from stages.sample.stage import world_tasks
+
 
 def simulate(config: Config, run_dir: RunDir, store) -> dict[str, float]:
     candidates_path = run_dir.stage_dir("sample") / "candidates.jsonl"

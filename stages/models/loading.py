@@ -6,7 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
 
 from common.config import LoraSection, ModelSection
 from common.errors import InputError
@@ -69,8 +74,11 @@ def check_model_dir(path: str | Path, key: str) -> Path:
     return path.resolve()  # absolute, because Ray workers run in directories of their own
 
 
-def load_tokenizer(path: str | Path, key: str = "model.tokenizer", padding_side: str = "right"):
-    """A local tokenizer that has a pad token (an InputError otherwise: guessing one hides bugs)."""
+def load_tokenizer(path: str | Path, key: str = "model.tokenizer"):
+    """A local tokenizer that has a pad token (an InputError otherwise: guessing one hides bugs).
+
+    Its padding side stays the right (what HF's trainers and collators assume); code that needs left
+    padding (generation) says so in its own call, so no result depends on who used the tokenizer before."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -80,7 +88,7 @@ def load_tokenizer(path: str | Path, key: str = "model.tokenizer", padding_side:
             f"{key}: the tokenizer at {path} has no pad token; add one (e.g. tokenizer.pad_token = tokenizer.eos_token, "
             "then save_pretrained) so padded batches are masked correctly"
         )
-    tokenizer.padding_side = padding_side
+    tokenizer.padding_side = "right"
     return tokenizer
 
 

@@ -61,8 +61,8 @@ def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors; a text too long loses its beginning, never the response end that is scored."""
-    tokenizer.truncation_side = "left"
-    return tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    ids = [row[-max_length:] for row in tokenizer(texts)["input_ids"]]
+    return tokenizer.pad({"input_ids": ids}, padding=True, padding_side="right", return_tensors="pt")
 
 
 @torch.no_grad()

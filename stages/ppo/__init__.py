@@ -4,10 +4,18 @@ show what the ptx term saves (InstructGPT's "PPO" against "PPO-ptx")."""
 
 from common.config import Config
 from common.graph import StageDeclaration
+from common.inputs import require_dataset, require_model_dir
 
 
 def _input_replaced(config: Config, name: str) -> bool:
     return (config.ppo.actor if name == "sft" else config.ppo.reward_model) is not None
+
+
+def check_inputs(config: Config) -> None:
+    for key in ("actor", "reference", "reward_model", "critic"):
+        require_model_dir(getattr(config.ppo, key), f"ppo.{key}")
+    require_dataset(config.ppo.prompts, "ppo.prompts")
+    require_dataset(config.data.pretrain, "data.pretrain")
 
 
 def without_ptx(config: Config) -> Config:
@@ -22,6 +30,7 @@ DECLARATION = StageDeclaration(
     outputs=("model", "final"),
     headline=("ppo/best_validation_score",),
     input_replaced=_input_replaced,
+    check_inputs=check_inputs,
 )
 
 NO_PTX_DECLARATION = StageDeclaration(
@@ -34,4 +43,5 @@ NO_PTX_DECLARATION = StageDeclaration(
     enabled=lambda config: config.eval.compare_without_ptx,
     input_replaced=_input_replaced,
     config_view=without_ptx,
+    check_inputs=check_inputs,
 )

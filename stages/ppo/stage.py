@@ -18,11 +18,16 @@ import shutil
 from common.config import Config
 from common.errors import InputError
 from common.run_dir import RunDir
-from stages.runtime.checkpoints import publish_dir
 from stages.data.datasets import make_world, pretraining_text, prompts_from_file
+from stages.models.loading import (
+    check_model_dir,
+    load_tokenizer,
+    require_causal_lm,
+    tokenizer_path,
+)
+from stages.ppo.trainer import BEST_DIR, PPOTrainingSpec, train_on_worker
+from stages.runtime.checkpoints import publish_dir
 from stages.runtime.lifecycle import StageResult
-from stages.models.loading import check_model_dir, load_tokenizer, require_causal_lm, tokenizer_path
-from stages.ppo.trainer import BEST_DIR, PPOJob, worker
 from stages.runtime.ray_workers import run_on_workers
 
 
@@ -43,8 +48,6 @@ def prompt_pools(config: Config, tokenizer) -> tuple[list[str], list[str], dict 
     """(training prompts, validation prompts, prompt -> tiny-world task or None)."""
     ppo = config.ppo
     if ppo.prompts is not None:
-        if ppo.reward == "oracle":
-            raise InputError("ppo.reward: 'oracle' scores the tiny world's tasks; with ppo.prompts use 'model'")
         prompts = list(dict.fromkeys(prompts_from_file(ppo.prompts, tokenizer, "ppo.prompts")))
         tasks = None
     else:
@@ -55,29 +58,20 @@ def prompt_pools(config: Config, tokenizer) -> tuple[list[str], list[str], dict 
         tasks = {prompt: examples[prompt].task for prompt in prompts}
     if len(prompts) <= ppo.validation_prompts:
         raise InputError(f"ppo.validation_prompts ({ppo.validation_prompts}) leaves no training prompt of {len(prompts)}")
-    if 0 < ppo.validation_prompts < config.ray.num_workers:
-        raise InputError(f"ppo.validation_prompts must be 0 or at least ray.num_workers ({config.ray.num_workers})")
     return prompts[ppo.validation_prompts :], prompts[: ppo.validation_prompts], tasks
 
 
 def ppo(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult:
     # 1. models, tokenizer, prompts, pretraining text: checked before Ray starts
-    if config.ppo.ema_decay is not None and config.deepspeed.zero_stage == 3:
-        raise InputError("ppo.ema_decay: the EMA needs every rank to hold the full weights; use deepspeed.zero_stage 0-2 or drop it")
-    if config.ppo.lora is not None:
-        if config.deepspeed.zero_stage == 3:
-            raise InputError("ppo.lora: LoRA on the actor runs under deepspeed.zero_stage 0-2")
-        if config.ppo.ema_decay is not None or config.ppo.reference is not None:
-            raise InputError("ppo.lora: the reference is the actor without adapters; drop ppo.reference and ppo.ema_decay")
     paths = model_paths(config, run_dir)
     tokenizer_dir = tokenizer_path(config.model, paths["actor"])
     tokenizer = load_tokenizer(tokenizer_dir)
     prompts, validation, tasks = prompt_pools(config, tokenizer)
     pretraining = pretraining_text(config.data.pretrain, config.world)["text"] if config.ppo.ptx_coef > 0 else []
     # 2. train on the Ray workers
-    job = PPOJob(config=config, run_dir=str(run_dir.root), stage=stage, tokenizer=str(tokenizer_dir), prompts=prompts,
+    spec = PPOTrainingSpec(config=config, run_dir=str(run_dir.root), stage=stage, tokenizer=str(tokenizer_dir), prompts=prompts,
                  validation_prompts=validation, pretraining=pretraining, tasks=tasks, **paths)
-    run_on_workers(config.ray, worker, {"job": job}, name=stage, storage=run_dir.stage_dir(stage) / "ray")
+    run_on_workers(config.ray, config.run.torch_threads, train_on_worker, spec, name=stage, storage=run_dir.stage_dir(stage) / "ray")
     # 3. DIR/ppo/model: the best policy within the KL budget, else the last one
     stage_dir = run_dir.stage_dir(stage)
     chosen = stage_dir / BEST_DIR if (stage_dir / BEST_DIR).is_dir() else stage_dir / "final"

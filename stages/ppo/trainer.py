@@ -1,6 +1,6 @@
 """PPO-ptx on the Ray Train workers (InstructGPT section 3.5, Eq. 2; App. C.4): one iteration is
 
-  1. rollout    sample one response per prompt from the actor (stages.ppo.rollout), with log pi_old
+  1. rollout    sample one response per prompt from the actor (stages.scoring.rollout), with log pi_old
   2. score      reward model (+ its bias) or the tiny world's oracle; reference log-probs; values
   3. shape      per-token KL penalty to the reference, score at the last real token, GAE, whitening
   4. learn      PPO epochs over minibatches: clipped policy loss + ptx_coef x LM loss on a
@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import random
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,10 +32,7 @@ import torch.distributed as dist
 from common.config import Config
 from common.files import append_jsonl, atomic_write_json
 from common.run_dir import RunDir
-from stages.runtime.checkpoints import latest_checkpoint, mark_latest, publish_dir, truncate_metrics
-from stages.runtime.hf_trainer import FAULT_ENV, inject_fault_once
 from stages.core.functional import masked_mean, masked_whiten, token_logprobs
-from stages.models.forward import lm_loss, response_logits
 from stages.core.ppo import (
     entropy_from_logits,
     gae,
@@ -49,15 +44,24 @@ from stages.core.ppo import (
     shape_rewards,
     value_loss,
 )
+from stages.models.forward import lm_loss, response_logits
 from stages.models.reward_model import BIAS_KEY, sequence_scores, token_scores
-from stages.ppo.rollout import HFRollout, RolloutBatch
+from stages.runtime.checkpoints import (
+    latest_checkpoint,
+    mark_latest,
+    merge_lora,
+    publish_model,
+    truncate_metrics,
+)
+from stages.runtime.testing import maybe_inject_fault
+from stages.scoring.rollout import HFRollout, RolloutBatch
 from tiny_world import Task, true_score
 
 BEST_DIR = "best"
 
 
 @dataclass
-class PPOJob:
+class PPOTrainingSpec:
     """Everything a worker needs; pickled to the Ray Train workers."""
 
     config: Config
@@ -90,7 +94,7 @@ def _pool_order(seed: int, epoch: int, size: int) -> list[int]:
     return order
 
 
-def _world() -> tuple[int, int]:
+def rank_and_world_size() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
@@ -105,28 +109,27 @@ def _all_mean(values: dict[str, float]) -> dict[str, float]:
 
 
 class PPOTrainer:
-    def __init__(self, job: PPOJob):
+    def __init__(self, spec: PPOTrainingSpec):
         import deepspeed
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoModelForSequenceClassification,
+        )
 
-        from stages.runtime.deepspeed_config import engine_config
         from stages.models.loading import load_tokenizer
+        from stages.runtime.deepspeed_config import engine_config
 
-        self.job, self.config, self.ppo = job, job.config, job.config.ppo
-        self.run_dir = RunDir(job.run_dir)
-        self.rank, self.world = _world()
+        self.spec, self.config, self.ppo = spec, spec.config, spec.config.ppo
+        self.run_dir = RunDir(spec.run_dir)
+        self.rank, self.world = rank_and_world_size()
         ppo = self.ppo
-        if ppo.episodes_per_iteration % (self.world * ppo.minibatches):
-            raise ValueError(
-                f"ppo.episodes_per_iteration ({ppo.episodes_per_iteration}) must be a multiple of "
-                f"ray.num_workers x ppo.minibatches ({self.world} x {ppo.minibatches})"
-            )
+        # ray.num_workers x ppo.minibatches divides the iteration's episodes (checked with the config)
         self.episodes_per_rank = ppo.episodes_per_iteration // self.world
         self.minibatch_size = self.episodes_per_rank // ppo.minibatches
         self.ptx_per_step = round(ppo.ptx_ratio * self.minibatch_size) if ppo.ptx_coef > 0 else 0
         self.steps_per_iteration = ppo.ppo_epochs * ppo.minibatches
         self.zero3 = self.config.deepspeed.zero_stage == 3
-        self.tokenizer = load_tokenizer(job.tokenizer)
+        self.tokenizer = load_tokenizer(spec.tokenizer)
 
         # setup: the seed of every RNG before any model is built, then the four models
         torch.manual_seed(self.config.run.seed * 1000 + self.rank)
@@ -155,7 +158,7 @@ class PPOTrainer:
 
         load = {"local_files_only": True}
         score_kwargs = {**load, "num_labels": 1, "pad_token_id": self.tokenizer.pad_token_id}
-        actor = AutoModelForCausalLM.from_pretrained(job.actor, **load)
+        actor = AutoModelForCausalLM.from_pretrained(spec.actor, **load)
         if ppo.lora is not None:
             from peft import get_peft_model
 
@@ -163,13 +166,13 @@ class PPOTrainer:
 
             actor = get_peft_model(actor, peft_config(ppo.lora))
         self.actor = engine(actor, ppo.actor_lr)
-        self.critic = engine(AutoModelForSequenceClassification.from_pretrained(job.critic, **score_kwargs), ppo.critic_lr)
+        self.critic = engine(AutoModelForSequenceClassification.from_pretrained(spec.critic, **score_kwargs), ppo.critic_lr)
         # with LoRA the reference is the actor with its adapters off: no second copy of the model
-        self.reference = None if ppo.lora else frozen(AutoModelForCausalLM.from_pretrained(job.reference, **load))
+        self.reference = None if ppo.lora else frozen(AutoModelForCausalLM.from_pretrained(spec.reference, **load))
         self.reward_model = None
         self.reward_bias = 0.0
         if ppo.reward == "model":
-            reward_model = AutoModelForSequenceClassification.from_pretrained(job.reward_model, **score_kwargs)
+            reward_model = AutoModelForSequenceClassification.from_pretrained(spec.reward_model, **score_kwargs)
             self.reward_bias = float(getattr(reward_model.config, BIAS_KEY, 0.0))
             self.reward_model = frozen(reward_model)
         self.rollout = HFRollout(self.actor.module, self.tokenizer, ppo.max_new_tokens, ppo.temperature,
@@ -186,7 +189,7 @@ class PPOTrainer:
 
     def iteration_prompts(self, iteration: int) -> list[str]:
         """This rank's share of iteration `iteration`'s prompts: the pool in a seeded order per pass."""
-        pool, size = self.job.prompts, self.ppo.episodes_per_iteration
+        pool, size = self.spec.prompts, self.ppo.episodes_per_iteration
         prompts = []
         for position in range(iteration * size + self.rank, (iteration + 1) * size, self.world):
             epoch, index = divmod(position, len(pool))
@@ -194,11 +197,11 @@ class PPOTrainer:
         return prompts
 
     def pretraining_batch(self, step: int) -> dict[str, torch.Tensor]:
-        docs = self.job.pretraining
+        docs = self.spec.pretraining
         start = (step * self.world + self.rank) * self.ptx_per_step
         texts = [docs[i % len(docs)] for i in range(start, start + self.ptx_per_step)]
-        self.tokenizer.padding_side = "right"
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.ppo.ptx_max_length)
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", truncation=True,
+                                 max_length=self.ppo.ptx_max_length)
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     # ---- 2. scoring and 3. shaping -------------------------------------------------------------
@@ -208,7 +211,7 @@ class PPOTrainer:
         curve beside the reward model's: where they part, PPO games the reward model)."""
         responses = torch.where(batch.response_mask, batch.sequences[:, batch.prompt_length :], self.tokenizer.pad_token_id)
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        return torch.tensor([true_score(self.job.tasks[p], t.split("\n", 1)[0].strip()) for p, t in zip(prompts, texts)])
+        return torch.tensor([true_score(self.spec.tasks[p], t.split("\n", 1)[0].strip()) for p, t in zip(prompts, texts)])
 
     @torch.no_grad()
     def scores(self, batch: RolloutBatch, prompts: list[str]) -> torch.Tensor:
@@ -243,7 +246,7 @@ class PPOTrainer:
             "response_length": mask.sum(-1).float().mean().item(),
             "ended": batch.ended.float().mean().item(),
         }
-        if self.job.tasks is not None:
+        if self.spec.tasks is not None:
             metrics["true_score"] = self.true_scores(batch, prompts).mean().item()
         return Experience(batch, values, returns, masked_whiten(advantages, mask)), metrics
 
@@ -300,7 +303,7 @@ class PPOTrainer:
     @torch.no_grad()
     def validation_score(self) -> float:
         """Mean reward-model (or oracle) score of greedy responses to the validation prompts."""
-        prompts = self.job.validation_prompts[self.rank :: self.world]
+        prompts = self.spec.validation_prompts[self.rank :: self.world]
         greedy = HFRollout(self.actor.module, self.tokenizer, self.ppo.max_new_tokens, synced_gpus=self.rollout.synced_gpus, greedy=True)
         greedy_batch = greedy.generate(prompts) if prompts else None
         total = self.scores(greedy_batch, prompts).sum().item() if prompts else 0.0
@@ -310,43 +313,33 @@ class PPOTrainer:
         return (sums[0] / sums[1].clamp(min=1)).item()
 
     def save_model(self, directory) -> None:
-        """The actor (its EMA when configured; with LoRA, merged into the base) in HF format, gathered
-        from ZeRO-3 shards, written to a temp dir and renamed."""
-        tmp = directory.with_name(directory.name + ".tmp")
-        if self.ppo.lora is not None:
-            if self.rank == 0:
-                self.save_merged_lora(tmp)
-                publish_dir(tmp, directory)
-            if dist.is_initialized():
-                dist.barrier()
-            return
-        if self.ema is not None:
-            names = [name for name, _ in self.actor.module.named_parameters()]
-            state = {name: average.to(p.dtype) for name, average, p in zip(names, self.ema, self.actor.module.parameters())}
-        elif self.zero3:
-            state = self.actor._zero3_consolidated_16bit_state_dict()
-        else:
-            state = self.actor.module.state_dict()
-        if self.rank == 0:
-            self.actor.module.save_pretrained(str(tmp), state_dict=state)
+        """Publish the actor (its EMA when configured; with LoRA, merged into the base) in HF format."""
+        state = None
+        if self.ppo.lora is None:  # every rank takes part: ZeRO-3 gathers the shards
+            if self.ema is not None:
+                names = [name for name, _ in self.actor.module.named_parameters()]
+                state = {name: average.to(p.dtype) for name, average, p in zip(names, self.ema, self.actor.module.parameters())}
+            elif self.zero3:
+                state = self.actor._zero3_consolidated_16bit_state_dict()
+            else:
+                state = self.actor.module.state_dict()
+
+        def write(tmp) -> None:
+            if self.ppo.lora is None:
+                self.actor.module.save_pretrained(str(tmp), state_dict=state)
+            else:  # ZeRO 0-2 (checked with the config): rank 0 holds the whole adapter
+                from transformers import AutoModelForCausalLM
+
+                adapter = tmp.with_name(tmp.name + ".adapter")
+                self.actor.module.save_pretrained(str(adapter))
+                merge_lora(AutoModelForCausalLM, self.spec.actor, adapter).save_pretrained(str(tmp))
+                shutil.rmtree(adapter)
             self.tokenizer.save_pretrained(str(tmp))
-            publish_dir(tmp, directory)
-        if dist.is_initialized():
-            dist.barrier()
 
-    def save_merged_lora(self, tmp) -> None:
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
-
-        adapter = tmp.with_name(tmp.name + ".adapter")
-        self.actor.module.save_pretrained(str(adapter))
-        base = AutoModelForCausalLM.from_pretrained(self.job.actor, local_files_only=True)
-        PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(str(tmp))
-        self.tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(adapter)
+        publish_model(directory, self.rank, write)
 
     def save_checkpoint(self, iteration: int) -> None:
-        checkpoints = self.run_dir.checkpoints_dir(self.job.stage)
+        checkpoints = self.run_dir.checkpoints_dir(self.spec.stage)
         folder = checkpoints / f"iteration-{iteration}"
         self.actor.save_checkpoint(str(folder), tag="actor", save_latest=False)
         self.critic.save_checkpoint(str(folder), tag="critic", save_latest=False)
@@ -368,7 +361,7 @@ class PPOTrainer:
                     shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self) -> None:
-        folder = latest_checkpoint(self.run_dir.checkpoints_dir(self.job.stage))
+        folder = latest_checkpoint(self.run_dir.checkpoints_dir(self.spec.stage))
         if folder is None:
             return
         self.actor.load_checkpoint(str(folder), tag="actor")
@@ -381,12 +374,12 @@ class PPOTrainer:
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         if self.rank == 0:
-            truncate_metrics(self.run_dir.metrics_path(self.job.stage), self.iteration)
+            truncate_metrics(self.run_dir.metrics_path(self.spec.stage), self.iteration)
 
     def log(self, record: dict[str, float], writer) -> None:
         if self.rank != 0:
             return
-        append_jsonl(self.run_dir.metrics_path(self.job.stage), record)
+        append_jsonl(self.run_dir.metrics_path(self.spec.stage), record)
         for name, value in record.items():
             if name != "step":
                 writer.add_scalar(name, value, record["step"])
@@ -397,8 +390,7 @@ class PPOTrainer:
 
         ppo = self.ppo
         self.load_checkpoint()
-        fault_iteration = int(os.environ.get(FAULT_ENV, "0"))
-        writer = SummaryWriter(str(self.run_dir.tensorboard_dir(self.job.stage))) if self.rank == 0 else None
+        writer = SummaryWriter(str(self.run_dir.tensorboard_dir(self.spec.stage))) if self.rank == 0 else None
         progress = tqdm(total=ppo.iterations, initial=self.iteration, desc="ppo", disable=self.rank != 0)
         while self.iteration < ppo.iterations and not self.over_budget:
             iteration = self.iteration
@@ -430,27 +422,24 @@ class PPOTrainer:
                 record["ppo/validation_score"] = validation
                 if not self.over_budget and validation > self.best_score:
                     self.best_score = validation
-                    self.save_model(self.run_dir.stage_dir(self.job.stage) / BEST_DIR)
+                    self.save_model(self.run_dir.stage_dir(self.spec.stage) / BEST_DIR)
             self.log(record, writer)
             progress.update(1)
             progress.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.2f}")
             if self.iteration % ppo.checkpoint_every == 0 or self.iteration == ppo.iterations:
                 self.save_checkpoint(self.iteration)
-                if self.rank == 0 and self.iteration == fault_iteration:
-                    inject_fault_once(self.run_dir.stage_dir(self.job.stage))
+                maybe_inject_fault(self.run_dir.stage_dir(self.spec.stage), self.iteration, self.rank)
         progress.close()
         if writer is not None:
             writer.close()
-        self.save_model(self.run_dir.stage_dir(self.job.stage) / "final")
+        self.save_model(self.run_dir.stage_dir(self.spec.stage) / "final")
         if self.rank == 0:
             summary = {"iterations": self.iteration, "stopped_by_kl_budget": float(self.over_budget)}
             if self.best_score > -math.inf:
                 summary["best_validation_score"] = self.best_score
-            atomic_write_json(self.run_dir.stage_dir(self.job.stage) / "training.json", summary)
+            atomic_write_json(self.run_dir.stage_dir(self.spec.stage) / "training.json", summary)
 
 
-def worker(loop_config: dict) -> None:
-    job: PPOJob = loop_config["job"]
-    torch.set_num_threads(job.config.run.torch_threads)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    PPOTrainer(job).train()
+
+def train_on_worker(spec: PPOTrainingSpec, rank: int) -> None:
+    PPOTrainer(spec).train()

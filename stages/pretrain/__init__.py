@@ -1,6 +1,7 @@
 """Stage `pretrain`: the tiny world's base model, trained from scratch (stage.py)."""
 
 from common.graph import StageDeclaration
+from common.inputs import require_dataset
 
 DECLARATION = StageDeclaration(
     name="pretrain",
@@ -11,4 +12,5 @@ DECLARATION = StageDeclaration(
     headline=("final_loss",),
     # a real base model (model.name_or_path) skips it
     enabled=lambda config: config.model.name_or_path is None,
+    check_inputs=lambda config: require_dataset(config.data.pretrain, "data.pretrain"),
 )

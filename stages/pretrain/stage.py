@@ -14,9 +14,10 @@ from common.config import Config
 from common.files import read_jsonl
 from common.run_dir import RunDir
 from stages.data.datasets import make_world, pretraining_text
-from stages.runtime.lifecycle import StageResult
-from stages.runtime.lm_training import LMJob, train_lm
 from stages.models.loading import build_model, train_char_tokenizer
+from stages.runtime.lifecycle import StageResult
+from stages.runtime.lm_training import LMTrainingSpec, train_lm
+
 
 def pretrain(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult:
     # 1. data: plain text, packed into max_length windows by the trainer
@@ -32,7 +33,7 @@ def pretrain(config: Config, run_dir: RunDir, resume: bool, stage: str) -> Stage
         model.save_pretrained(str(init_dir))
         tokenizer.save_pretrained(str(init_dir))
     # 3. train on the Ray workers, 4. save DIR/pretrain/model
-    job = LMJob(
+    spec = LMTrainingSpec(
         stage=stage,
         config=config,
         run_dir=str(run_dir.root),
@@ -43,7 +44,7 @@ def pretrain(config: Config, run_dir: RunDir, resume: bool, stage: str) -> Stage
         lora=None,
         packing=True,
     )
-    model_dir = train_lm(job)
+    model_dir = train_lm(spec)
     losses = [r["train/loss"] for r in read_jsonl(run_dir.metrics_path(stage)) if "train/loss" in r]
     metrics = {"final_loss": losses[-1]} if losses else {}  # none when max_steps < log_every
     return StageResult(outputs={"model": str(model_dir.relative_to(run_dir.root))}, metrics=metrics)

@@ -1,6 +1,14 @@
 """Stage `rm` (stage.py): the reward model on K-way rankings (InstructGPT Eq. 1)."""
 
+from common.config import Config
 from common.graph import StageDeclaration
+from common.inputs import require_dataset, require_model_dir
+
+
+def check_inputs(config: Config) -> None:
+    require_model_dir(config.rm.model, "rm.model")
+    require_dataset(config.data.rankings, "data.rankings")
+    require_dataset(config.data.sft, "data.sft")
 
 
 def _summary(metrics: dict[str, float]) -> list[str]:
@@ -21,5 +29,6 @@ DECLARATION = StageDeclaration(
     outputs=("model",),
     headline=("rm/heldout_accuracy",),
     input_replaced=lambda config, name: name == "sft" and config.rm.model is not None,
+    check_inputs=check_inputs,
     summary=_summary,
 )

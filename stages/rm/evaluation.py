@@ -18,8 +18,8 @@ from itertools import combinations
 
 import torch
 
-from stages.data.rankings import RankingGroup
 from stages.core.ranking import ranking_loss, strict_pairs
+from stages.data.rankings import RankingGroup
 from tiny_world import Task, exact_match, true_score
 
 

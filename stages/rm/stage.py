@@ -17,15 +17,19 @@ from pathlib import Path
 from common.config import Config
 from common.files import append_jsonl, atomic_write_json, read_jsonl
 from common.run_dir import RunDir
-from stages.data.datasets import sft_dataset
-from stages.runtime.lifecycle import StageResult
-from stages.models.loading import check_model_dir, load_tokenizer, require_causal_lm, tokenizer_path
-from stages.models.reward_model import reward_text
+from stages.data.datasets import sft_dataset, world_tasks
 from stages.data.rankings import RankingGroup, load_rankings, split_by_prompt
-from stages.scoring.metrics import calibration_bins
+from stages.models.loading import (
+    check_model_dir,
+    load_tokenizer,
+    require_causal_lm,
+    tokenizer_path,
+)
+from stages.models.reward_model import reward_text
 from stages.rm.evaluation import calibration_pairs, label_metrics, world_metrics
-from stages.rm.training import SCORES_FILE, STAGE, RMJob, train_rm
-from stages.sample.stage import world_tasks
+from stages.rm.training import SCORES_FILE, STAGE, RMTrainingSpec, train_rm
+from stages.runtime.lifecycle import StageResult
+from stages.scoring.metrics import calibration_bins
 
 
 def rankings_path(config: Config, run_dir: RunDir) -> tuple[Path, str | None]:
@@ -50,7 +54,7 @@ def rm(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult
     demos = sft_dataset(config.data, config.world, tokenizer, config.run.seed)
     demos = demos.select(range(min(config.rm.normalise_on, len(demos))))
     # 3. train on the Ray workers; they save DIR/rm/model with the bias and score the held-out candidates
-    job = RMJob(
+    spec = RMTrainingSpec(
         config=config,
         run_dir=str(run_dir.root),
         init_model=str(init),
@@ -59,7 +63,7 @@ def rm(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult
         heldout_texts=[text for g in heldout for text in group_texts(g, eos)],
         demonstration_texts=[reward_text(d["prompt"], d["completion"], eos) for d in demos],
     )
-    train_rm(job)
+    train_rm(spec)
     # 4. held-out diagnostics, on normalised scores
     scored = json.loads((run_dir.stage_dir(STAGE) / SCORES_FILE).read_text())
     flat = [s + scored["bias"] for s in scored["heldout_raw_scores"]]

@@ -10,7 +10,6 @@ and the model is saved in HF format with the bias in its config.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +18,8 @@ from transformers import Trainer
 from common.config import Config
 from common.files import atomic_write_text
 from common.run_dir import RunDir
-from stages.models.reward_model import BIAS_KEY, encode, sequence_scores
 from stages.core.ranking import ranking_loss, reward_bias
+from stages.models.reward_model import BIAS_KEY, encode, score_texts, sequence_scores
 from stages.runtime.ray_workers import run_on_workers
 
 STAGE = "rm"
@@ -28,7 +27,7 @@ SCORES_FILE = "heldout_scores.json"
 
 
 @dataclass
-class RMJob:
+class RMTrainingSpec:
     """Everything a worker needs; pickled to the Ray Train workers."""
 
     config: Config
@@ -73,9 +72,9 @@ class RankingTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
-def train_rm(job: RMJob) -> None:
-    run_dir = RunDir(job.run_dir)
-    run_on_workers(job.config.ray, _worker, {"job": job}, name=STAGE, storage=run_dir.stage_dir(STAGE) / "ray")
+def train_rm(spec: RMTrainingSpec) -> None:
+    run_dir = RunDir(spec.run_dir)
+    run_on_workers(spec.config.ray, spec.config.run.torch_threads, _worker, spec, name=STAGE, storage=run_dir.stage_dir(STAGE) / "ray")
 
 
 @torch.no_grad()
@@ -88,10 +87,7 @@ def score_on_all_ranks(model, tokenizer, texts: list[str], max_length: int, batc
     share = texts[rank::world]
     per_rank = -(-len(texts) // world)
     padded = share + [texts[0]] * (per_rank - len(share))
-    scores: list[float] = []
-    for start in range(0, per_rank, batch_size):
-        batch = encode(tokenizer, padded[start : start + batch_size], max_length)
-        scores.extend(sequence_scores(model, batch["input_ids"], batch["attention_mask"]).float().tolist())
+    scores = score_texts(model, tokenizer, padded, max_length, batch_size)
     gathered: list[list[float]] = [None] * world  # type: ignore[list-item]
     if dist.is_initialized():
         dist.all_gather_object(gathered, scores[: len(share)])
@@ -103,33 +99,33 @@ def score_on_all_ranks(model, tokenizer, texts: list[str], max_length: int, batc
     return result
 
 
-def _worker(loop_config: dict) -> None:
+def _worker(spec: RMTrainingSpec, rank: int) -> None:
     from datasets import Dataset
     from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification, TrainingArguments
 
-    from stages.runtime.hf_trainer import StageFiles, resume_point, save_final, training_arguments
     from stages.models.loading import load_tokenizer, peft_config
-    from stages.runtime.ray_workers import world_rank
+    from stages.runtime.hf_trainer import (
+        StageFiles,
+        resume_point,
+        save_final,
+        training_arguments,
+    )
 
-    job: RMJob = loop_config["job"]
-    config, section = job.config, job.config.rm
-    torch.set_num_threads(config.run.torch_threads)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    run_dir = RunDir(job.run_dir)
-    rank = world_rank()
+    config, section = spec.config, spec.config.rm
+    run_dir = RunDir(spec.run_dir)
 
     # setup: the SFT model with a fresh scalar head, the grouped data
-    tokenizer = load_tokenizer(job.tokenizer)
+    tokenizer = load_tokenizer(spec.tokenizer)
     load_kwargs = {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
-    model = AutoModelForSequenceClassification.from_pretrained(job.init_model, local_files_only=True, **load_kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(spec.init_model, local_files_only=True, **load_kwargs)
     if section.lora is not None:
         model = get_peft_model(model, peft_config(section.lora, task_type="SEQ_CLS"))
     args = TrainingArguments(**training_arguments(section, config, run_dir, STAGE, rank), remove_unused_columns=False)
     trainer = RankingTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(job.train_groups),
+        train_dataset=Dataset.from_list(spec.train_groups),
         data_collator=RankingCollator(tokenizer, section.max_length),
         callbacks=[StageFiles(run_dir, STAGE, rank)],
         margin=section.margin,
@@ -141,13 +137,13 @@ def _worker(loop_config: dict) -> None:
     engine = trainer.model_wrapped
     engine.eval()
     batch_size = 4 * section.batch_size
-    heldout = score_on_all_ranks(engine, tokenizer, job.heldout_texts, section.max_length, batch_size)
-    demonstrations = score_on_all_ranks(engine, tokenizer, job.demonstration_texts, section.max_length, batch_size)
+    heldout = score_on_all_ranks(engine, tokenizer, spec.heldout_texts, section.max_length, batch_size)
+    demonstrations = score_on_all_ranks(engine, tokenizer, spec.demonstration_texts, section.max_length, batch_size)
     bias = float(reward_bias(torch.tensor(demonstrations)))
     if rank == 0:
         record = {"heldout_raw_scores": heldout, "bias": bias, "demonstration_raw_mean": -bias}
         atomic_write_text(run_dir.stage_dir(STAGE) / SCORES_FILE, json.dumps(record))
 
     # save DIR/rm/model with the bias in its config
-    save_final(trainer, tokenizer, run_dir, STAGE, job.init_model, section.lora, rank,
+    save_final(trainer, tokenizer, run_dir, STAGE, spec.init_model, section.lora, rank,
                AutoModelForSequenceClassification, {BIAS_KEY: bias}, **load_kwargs)

@@ -1,6 +1,6 @@
 """What every HF-Trainer-based stage shares on a Ray Train worker: the training arguments built from a
 TrainSection, the run-dir files (metrics.jsonl, the `latest` checkpoint marker), resume from the
-latest complete checkpoint, fault injection for recovery tests, and the final save in HF format.
+latest complete checkpoint, and the final save in HF format.
 """
 
 from __future__ import annotations
@@ -14,31 +14,27 @@ from transformers import TrainerCallback
 from common.config import Config, LoraSection, TrainSection
 from common.files import append_jsonl
 from common.run_dir import RunDir
-from stages.runtime.checkpoints import latest_checkpoint, mark_latest, publish_dir, truncate_metrics
+from stages.runtime.checkpoints import (
+    latest_checkpoint,
+    mark_latest,
+    merge_lora,
+    publish_dir,
+    publish_model,
+    truncate_metrics,
+)
 from stages.runtime.deepspeed_config import deepspeed_config
-
-# Fault injection for tests of recovery: rank 0 dies at this optimizer step, once per stage run.
-FAULT_ENV = "RLHF_FAULT_AT_STEP"
-
-
-def inject_fault_once(stage_dir: Path) -> None:
-    marker = stage_dir / "fault_injected"
-    if not marker.exists():
-        marker.touch()
-        os._exit(1)
+from stages.runtime.testing import maybe_inject_fault
 
 
 class StageFiles(TrainerCallback):
     """metrics.jsonl records (keys prefixed "train/"), the `latest` marker once every rank has written
-    its part of a checkpoint, and the injected fault."""
+    its part of a checkpoint, and the recovery tests' injected fault (stages/runtime/testing.py)."""
 
     def __init__(self, run_dir: RunDir, stage: str, rank: int):
         self.run_dir, self.stage, self.rank = run_dir, stage, rank
-        self.fault_step = int(os.environ.get(FAULT_ENV, "0"))
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.rank == 0 and state.global_step == self.fault_step:
-            inject_fault_once(self.run_dir.stage_dir(self.stage))
+        maybe_inject_fault(self.run_dir.stage_dir(self.stage), state.global_step, self.rank)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -97,37 +93,27 @@ def resume_point(run_dir: RunDir, stage: str, rank: int) -> str | None:
 
 def save_final(trainer, tokenizer, run_dir: RunDir, stage: str, init_model: str, lora: LoraSection | None, rank: int,
                auto_class, config_updates: dict[str, Any] | None = None, **load_kwargs) -> None:
-    """Write DIR/<stage>/model (and, with LoRA, DIR/<stage>/adapter) through temp dirs and renames.
+    """Publish DIR/<stage>/model (and, with LoRA, DIR/<stage>/adapter).
 
     `config_updates` go into the saved model's config.json (the reward model's bias, for one).
     With LoRA the merged model is rebuilt from `init_model` with `auto_class.from_pretrained(...,
     **load_kwargs)` and the adapter."""
-    import torch
-
     stage_dir = run_dir.stage_dir(stage)
-    tmp = stage_dir / "model.tmp"
     updates = config_updates or {}
+    saved = stage_dir / ("adapter.tmp" if lora else "weights.tmp")
     if lora is None:
         trainer.model.config.update(updates)
-        trainer.save_model(str(tmp))  # every rank takes part: ZeRO-3 gathers the shards
-    else:
-        adapter_tmp = stage_dir / "adapter.tmp"
-        trainer.save_model(str(adapter_tmp))
-        if rank == 0:
-            from peft import PeftModel
-            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+    trainer.save_model(str(saved))  # every rank takes part: ZeRO-3 gathers the shards
 
-            # training is over: without this, ZeRO-3's zero.Init would make this rank-0-only load
-            # wait for the other ranks in a collective they never join
-            unset_hf_deepspeed_config()
-            base = auto_class.from_pretrained(init_model, local_files_only=True, **load_kwargs)
-            merged = PeftModel.from_pretrained(base, str(adapter_tmp)).merge_and_unload()
+    def write(tmp: Path) -> None:
+        if lora is None:
+            saved.rename(tmp)
+        else:
+            merged = merge_lora(auto_class, init_model, saved, **load_kwargs)
             merged.config.update(updates)
             merged.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(adapter_tmp))
-            publish_dir(adapter_tmp, stage_dir / "adapter")
-    if rank == 0:
+            tokenizer.save_pretrained(str(saved))
+            publish_dir(saved, stage_dir / "adapter")
         tokenizer.save_pretrained(str(tmp))
-        publish_dir(tmp, run_dir.model_dir(stage))
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+
+    publish_model(run_dir.model_dir(stage), rank, write)

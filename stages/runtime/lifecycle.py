@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from common.config import Config, dump_config, load_config
-from common.errors import EXIT_AWAITING_LABELS, EXIT_BAD_INPUT, AwaitingLabels, InputError
+from common.errors import (
+    EXIT_AWAITING_LABELS,
+    EXIT_BAD_INPUT,
+    AwaitingLabels,
+    InputError,
+)
 from common.files import atomic_write_text
 from common.graph import StageDeclaration, StageGraph
 from common.lock import RunLock, die_with_parent
@@ -58,6 +63,7 @@ def run_stage(graph: StageGraph, declared: StageDeclaration, body: StageFn, argv
     started = False
     try:
         config = load_config(args.config, args.set)
+        declared.check_inputs(config)
         lock.acquire()  # one writer per run directory; inherited when `rlhf run` started this stage
         fingerprint, resume = prepare(graph, stage, config, run_dir)
         import torch

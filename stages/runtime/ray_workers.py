@@ -29,17 +29,29 @@ def ensure_ray(ray_config: RaySection) -> None:
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)), log_to_driver=True)
 
 
-def run_on_workers(
-    ray_config: RaySection, loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], name: str, storage: Path
-) -> None:
-    """Run `loop(loop_config)` on every worker of a data-parallel group, and wait for it."""
+def _worker_entry(loop_config: dict[str, Any]) -> None:
+    """What every worker does before the stage's loop: its thread count, and quiet about torch.distributed's
+    deprecations (one line per rank and step otherwise)."""
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(loop_config["torch_threads"])
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    loop_config["loop"](loop_config["spec"], world_rank())
+
+
+def run_on_workers(ray_config: RaySection, torch_threads: int, loop: Callable[[Any, int], None], spec: Any, name: str,
+                   storage: Path) -> None:
+    """Run `loop(spec, rank)` on every worker of a data-parallel group, and wait for it. `spec` is
+    everything the workers need (pickled to them); `loop` a module-level function."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ensure_ray(ray_config)
     trainer = TorchTrainer(
-        loop,
-        train_loop_config=loop_config,
+        _worker_entry,
+        train_loop_config={"loop": loop, "spec": spec, "torch_threads": torch_threads},
         scaling_config=ScalingConfig(
             num_workers=ray_config.num_workers,
             use_gpu=ray_config.use_gpu,

@@ -1,6 +1,16 @@
 """Stage `sample` (stage.py): K candidates per prompt from the SFT policy into the ranking database."""
 
+from common.config import Config
 from common.graph import StageDeclaration
+from common.inputs import require_dataset, require_model_dir
+
+
+def check_inputs(config: Config) -> None:
+    require_dataset(config.sample.prompt_file, "sample.prompt_file")
+    for name, path in (config.sample.policies or {}).items():
+        require_model_dir(path, f"sample.policies.{name}")
+    require_model_dir(config.labeling.embedder, "labeling.embedder")
+
 
 DECLARATION = StageDeclaration(
     name="sample",
@@ -13,4 +23,5 @@ DECLARATION = StageDeclaration(
     # a rankings file (data.rankings) skips sampling and labeling
     enabled=lambda config: config.data.rankings is None,
     input_replaced=lambda config, name: config.sample.policies is not None,
+    check_inputs=check_inputs,
 )

@@ -15,15 +15,16 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from labeling_ui.store import open_run_store
 from common.config import Config
-from common.files import atomic_write_jsonl, read_jsonl
+from common.files import atomic_write_jsonl
 from common.run_dir import RunDir
+from labeling_ui.store import open_run_store
 from stages.data.datasets import make_world, prompts_from_file
-from stages.runtime.lifecycle import StageResult
 from stages.models.loading import check_model_dir, load_tokenizer
+from stages.runtime.lifecycle import StageResult
 from stages.runtime.ray_workers import map_on_workers
 from tiny_world import Task
+
 
 def prompts_to_sample(config: Config, tokenizer) -> tuple[list[str], list[Task | None]]:
     """`sample.prompts` distinct prompts, and the tiny-world task behind each (None for a prompt file),
@@ -71,8 +72,8 @@ def sample_candidates(shard: tuple[int, list[str]], model_dir: str, k: int, temp
     """K sampled responses for each prompt of one shard (runs as a Ray task)."""
     import torch
 
-    from stages.scoring.evaluation import generate
     from stages.models.loading import load_policy, load_tokenizer
+    from stages.scoring.evaluation import generate
 
     index, prompts = shard
     torch.set_num_threads(torch_threads)
@@ -120,9 +121,4 @@ def sample(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageRe
     metrics = {"sample/prompts": len(records), "sample/imported": imported, "sample/k": s.k}
     return StageResult(outputs={"candidates": f"{stage}/candidates.jsonl"}, metrics=metrics)
 
-
-def world_tasks(rankings_path) -> dict[str, Task]:
-    """The tiny-world task behind each prompt of a candidates or rankings file, keyed by prompt text."""
-    return {r["prompt"]: Task(r["world_task"]["family"], tuple(r["world_task"]["args"]), r["world_task"]["answer"])
-            for r in read_jsonl(rankings_path)}
 

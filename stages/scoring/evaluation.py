@@ -24,11 +24,10 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW
              batch_size: int = 64, temperature: float = 1.0, one_line: bool = True) -> list[str]:
     """Responses to `prompts` (greedy, or sampled at `temperature`), cut at EOS, and with `one_line`
     at the first newline (a tiny-world answer is one line)."""
-    tokenizer.padding_side = "left"
     model.eval()
     responses = []
     for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left")
         output = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
@@ -56,32 +55,25 @@ def heldout_report(model_dir: str | Path, world_section: WorldSection, tokenizer
     """Greedy held-out exact match and true score of a model on the tiny world: over held-out
     instances of the training families (the headline), per family, and over held-out families
     (with the Natural-Instructions EM and ROUGE-L there)."""
-    from stages.scoring.metrics import exact_match as ni_exact_match
-    from stages.scoring.metrics import rouge_l
-    from stages.models.loading import load_tokenizer, load_policy
+    from stages.models.loading import load_policy, load_tokenizer
 
     world = make_world(world_section)
     examples: list[Example] = world.heldout_examples(world_section.eval_per_family)
     model = load_policy(model_dir)
     tokenizer = load_tokenizer(tokenizer_dir or model_dir)
-    responses = generate(model, tokenizer, world_prompts(examples, world, mixture, tokenizer))
-    by_family: dict[str, list[tuple[bool, float]]] = {}
-    for example, response in zip(examples, responses):
-        by_family.setdefault(example.task.family, []).append((exact_match(example.task, response), true_score(example.task, response)))
+    scores = world_scores(examples, {"greedy": generate(model, tokenizer, world_prompts(examples, world, mixture, tokenizer))})
 
-    def mean(families, index):
-        values = [pair[index] for f in families for pair in by_family[f]]
-        return sum(values) / len(values) if values else float("nan")
+    def mean(families, key: str) -> float:
+        return _mean([value for family, value in zip(scores["family"], scores[key]) if family in families])
 
-    heldout_family = [(e, r) for e, r in zip(examples, responses) if e.task.family in world.heldout_families]
     report = {
-        "heldout_exact_match": mean(world.train_families, 0),
-        "heldout_true_score": mean(world.train_families, 1),
-        "heldout_family_exact_match": mean(world.heldout_families, 0),
-        "heldout_family_ni_exact_match": _mean([ni_exact_match(r, [e.task.answer]) for e, r in heldout_family]),
-        "heldout_family_rouge_l": _mean([rouge_l(r, [e.task.answer]) if r.strip() else 0.0 for e, r in heldout_family]),
+        "heldout_exact_match": mean(world.train_families, "exact_match"),
+        "heldout_true_score": mean(world.train_families, "true_score"),
+        "heldout_family_exact_match": mean(world.heldout_families, "exact_match"),
+        "heldout_family_ni_exact_match": mean(world.heldout_families, "ni_exact_match"),
+        "heldout_family_rouge_l": mean(world.heldout_families, "rouge_l"),
     }
-    report.update({f"exact_match/{family}": mean([family], 0) for family in by_family})
+    report.update({f"exact_match/{family}": mean([family], "exact_match") for family in dict.fromkeys(scores["family"])})
     return report
 
 
@@ -97,7 +89,7 @@ def respond(policy, reference, tokenizer, prompts: list[str], seed: int, max_new
     log pi(y_t) - log pi_ref(y_t)."""
     from stages.core.functional import token_logprobs
     from stages.models.forward import response_logits
-    from stages.ppo.rollout import HFRollout
+    from stages.scoring.rollout import HFRollout
 
     result: dict[str, list] = {"greedy": [], "sampled": [], "kl_to_reference": []}
     torch.manual_seed(seed)
@@ -133,8 +125,7 @@ def world_scores(examples: list[Example], responses: dict[str, list]) -> dict[st
     """Per example, against the tiny world's task: the greedy response's true score, exact match,
     Natural-Instructions EM and ROUGE-L against the answer, and the sampled response's true score
     (when there is one)."""
-    from stages.scoring.metrics import exact_match as ni_exact_match
-    from stages.scoring.metrics import rouge_l
+    from stages.scoring.metrics import ni_exact_match, rouge_l
 
     greedy = responses["greedy"]
     scores = {
@@ -154,7 +145,12 @@ def judge(reward_model_dir: str | Path, prompts: list[str], responses_by_policy:
           max_length: int) -> dict[str, list[float]]:
     """Each policy's responses scored by a reward model (with its own tokenizer, reward_bias added)."""
     from stages.models.loading import load_tokenizer
-    from stages.models.reward_model import BIAS_KEY, load_reward_model, reward_text, score_texts
+    from stages.models.reward_model import (
+        BIAS_KEY,
+        load_reward_model,
+        reward_text,
+        score_texts,
+    )
 
     model = load_reward_model(reward_model_dir)
     tokenizer = load_tokenizer(reward_model_dir, "reward model")
@@ -170,7 +166,7 @@ def judge(reward_model_dir: str | Path, prompts: list[str], responses_by_policy:
 def evaluate_lm_loss(model, tokenizer, corpus: list[str]) -> float:
     from stages.models.forward import lm_loss
 
-    tokenizer.padding_side = "right"
-    batches = [tokenizer(corpus[i : i + 64], return_tensors="pt", padding=True, truncation=True, max_length=128)
+    batches = [tokenizer(corpus[i : i + 64], return_tensors="pt", padding=True, padding_side="right", truncation=True,
+                         max_length=128)
                for i in range(0, len(corpus), 64)]
     return sum(lm_loss(model, b["input_ids"], b["attention_mask"]).item() for b in batches) / len(batches)

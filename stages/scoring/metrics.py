@@ -19,7 +19,7 @@ def normalize_answer(text: str) -> str:
     return " ".join(_PUNCTUATION.sub("", text.lower()).split())
 
 
-def exact_match(prediction: str, references: Sequence[str]) -> float:
+def ni_exact_match(prediction: str, references: Sequence[str]) -> float:
     """1.0 if the normalised prediction equals any normalised reference."""
     return float(any(normalize_answer(prediction) == normalize_answer(r) for r in references))
 

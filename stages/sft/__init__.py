@@ -1,11 +1,11 @@
 """Stage `sft` (stage.py) and the comparison stages `sft_lora`, `sft_bitune`, `sft_cmlm`: the same body
 with another method (eval.compare_sft_methods), for the eval stage's comparison."""
 
-from common.config import Config
+from common.config import SFT_COMPARED_METHODS, Config
 from common.graph import StageDeclaration
+from common.inputs import require_dataset, require_model_dir
 
 CONFIG_KEYS = ("model", "world", "data.sft", "data.mixture", "data.pretrain", "sft")
-COMPARED_METHODS = ("lora", "bitune", "cmlm")  # eval.compare_sft_methods
 
 # what the comparison stages sft_<method> do not read: the pipeline's method, its pretraining mix and its LoRA
 _METHOD_IGNORED = {
@@ -26,6 +26,14 @@ def with_method(config: Config, method: str) -> Config:
     return config.model_copy(update={"sft": config.sft.model_copy(update={"method": method})})
 
 
+def check_inputs(config: Config) -> None:
+    require_model_dir(config.model.name_or_path, "model.name_or_path")
+    require_model_dir(config.model.tokenizer, "model.tokenizer")
+    require_dataset(config.data.sft, "data.sft")
+    require_dataset(config.data.pretrain, "data.pretrain")
+    require_model_dir(config.sft.cmlm.encoder, "sft.cmlm.encoder")
+
+
 def _sft_summary(metrics: dict[str, float]) -> list[str]:
     if "heldout_exact_match" not in metrics:
         return []
@@ -41,6 +49,7 @@ DECLARATION = StageDeclaration(
     outputs=("model",),
     headline=("heldout_exact_match",),
     ignored=lambda config: tuple(f"sft.{m}" for m in ("bitune", "cmlm") if m != config.sft.method),
+    check_inputs=check_inputs,
     summary=_sft_summary,
 )
 
@@ -56,7 +65,8 @@ def method_declaration(method: str) -> StageDeclaration:
         enabled=lambda config: method in config.eval.compare_sft_methods,
         ignored=lambda config: _METHOD_IGNORED[method],
         config_view=lambda config: with_method(config, method),
+        check_inputs=check_inputs,
     )
 
 
-METHOD_DECLARATIONS = tuple(method_declaration(method) for method in COMPARED_METHODS)
+METHOD_DECLARATIONS = tuple(method_declaration(method) for method in SFT_COMPARED_METHODS)

@@ -18,10 +18,11 @@ from pathlib import Path
 from common.config import Config
 from common.run_dir import RunDir
 from stages.data.datasets import mix_pretraining, pretraining_text, sft_dataset
-from stages.runtime.lifecycle import StageResult
-from stages.scoring.evaluation import heldout_report
-from stages.runtime.lm_training import LMJob, train_lm
 from stages.models.loading import check_model_dir, load_tokenizer, tokenizer_path
+from stages.runtime.lifecycle import StageResult
+from stages.runtime.lm_training import LMTrainingSpec, train_lm
+from stages.scoring.evaluation import heldout_report
+
 
 def base_model_dir(config: Config, run_dir: RunDir) -> Path:
     if config.model.name_or_path is None:  # the tiny world's: stage pretrain built it
@@ -40,7 +41,7 @@ def sft(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResul
     if config.sft.pretrain_mix > 0 and config.sft.method == "causal_lm":
         dataset = mix_pretraining(dataset, pretraining_text(config.data.pretrain, config.world), config.sft.pretrain_mix)
     # 3. train on the Ray workers, 4. save DIR/<stage>/model
-    job = LMJob(
+    spec = LMTrainingSpec(
         stage=stage,
         config=config,
         run_dir=str(run_dir.root),
@@ -52,7 +53,7 @@ def sft(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResul
         packing=False,
         method=config.sft.method,
     )
-    model_dir = train_lm(job)
+    model_dir = train_lm(spec)
     outputs = {"model": str(model_dir.relative_to(run_dir.root))}
     if config.model.lora and config.sft.method == "causal_lm":
         outputs["adapter"] = str((run_dir.stage_dir(stage) / "adapter").relative_to(run_dir.root))

@@ -93,3 +93,17 @@ def test_stages_whose_inputs_are_not_done_are_refused_before_anything_starts(tmp
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --stages ppo: stage ppo needs sft, which is not done with this config"
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["ppo.episodes_per_iteration=30", "ppo.minibatches=4"], r"ppo.episodes_per_iteration \(30\) must be a multiple of ray.num_workers x ppo.minibatches \(2 x 4\)"),
+    (["ppo.validation_prompts=1"], r"ppo.validation_prompts \(1\) must be 0 or at least ray.num_workers \(2\)"),
+    (["ppo.prompts.path=p.jsonl", "ppo.reward=oracle"], r"ppo.reward: 'oracle' scores the tiny world's tasks"),
+    (["ppo.ema_decay=0.99", "deepspeed.zero_stage=3"], r"ppo.ema_decay: .*deepspeed.zero_stage 0-2"),
+    (["ppo.lora.r=8", "deepspeed.zero_stage=3"], r"ppo.lora: LoRA on the actor runs under deepspeed.zero_stage 0-2"),
+    (["ppo.lora.r=8", "ppo.ema_decay=0.99"], r"ppo.lora: .*drop ppo.reference and ppo.ema_decay"),
+])
+def test_rules_across_sections_refuse_the_config_before_anything_starts(overrides, message):
+    # once, in the config, where a stage body or a Ray worker found them before
+    with pytest.raises(InputError, match=r"config file .*tiny.yaml: " + message):
+        load_config(None, overrides)

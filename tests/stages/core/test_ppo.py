@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from stages.core.functional import masked_mean, masked_var, masked_whiten
 from stages.core.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -19,7 +20,6 @@ from stages.core.ppo import (
     shape_rewards,
     value_loss,
 )
-from stages.core.functional import masked_mean, masked_var, masked_whiten
 from stages.core.ranking import reward_bias
 
 ABS = 1e-6

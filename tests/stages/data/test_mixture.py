@@ -11,16 +11,16 @@ from pydantic import ValidationError
 from common.config import DataSection, MixtureSection
 from common.errors import InputError
 from stages.data.mixture import (
+    Instance,
     apply_templates,
     build_mixture,
     examples_proportional_rates,
     format_options,
+    mixture_tasks,
+    retrieve_demonstrations,
     sample_mixture,
     t0_rates,
     tk_instruct_prompt,
-    Instance,
-    mixture_tasks,
-    retrieve_demonstrations,
     world_eval_prompts,
 )
 from tiny_world import TinyWorld

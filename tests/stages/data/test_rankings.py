@@ -7,9 +7,9 @@ import pytest
 from datasets import Dataset
 
 from common.errors import InputError
-from stages.models.loading import train_char_tokenizer
-from stages.data.rankings import RankingGroup, load_rankings, split_by_prompt
 from stages.core.ranking import strict_pairs
+from stages.data.rankings import RankingGroup, load_rankings, split_by_prompt
+from stages.models.loading import train_char_tokenizer
 
 EXPECTED = r"\(expected K-way prompt/candidates/ranking, pairwise prompt/chosen/rejected, or chosen/rejected\)"
 

@@ -7,8 +7,8 @@ import pytest
 
 from common.errors import InputError
 from common.files import append_jsonl
-from stages.eval.report import DPI, FIGURE_SIZE, build_report
 from common.run_dir import DONE, RunDir
+from stages.eval.report import DPI, FIGURE_SIZE, build_report
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
 
+from stages.core.functional import IGNORE_INDEX
 from stages.models.bitune import (
     PREFILL_PLANS,
     BituneModel,
@@ -18,7 +19,6 @@ from stages.models.bitune import (
     collate,
     mixing_coefficients,
 )
-from stages.core.functional import IGNORE_INDEX
 from stages.models.loading import train_char_tokenizer
 
 VOCAB = 40

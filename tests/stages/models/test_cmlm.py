@@ -26,8 +26,8 @@ from stages.models.cmlm import (
     sample_source_mask,
     sample_target_mask,
 )
-from stages.scoring.evaluation import generate
 from stages.models.loading import train_char_tokenizer
+from stages.scoring.evaluation import generate
 
 ALPHABET = "abcde"
 

@@ -4,15 +4,24 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, GPT2Config, TrainingArguments
+from transformers import (
+    AutoModelForSequenceClassification,
+    GPT2Config,
+    TrainingArguments,
+)
 
-from stages.models.loading import peft_config
-from stages.models.reward_model import reward_text, score_texts, sequence_scores, token_scores
-from stages.data.rankings import RankingGroup
-from stages.rm.evaluation import calibration_pairs, label_metrics, world_metrics
-from stages.core.ranking import ranking_loss
-from stages.rm.training import RankingCollator, RankingTrainer, score_on_all_ranks
 from common.config import LoraSection
+from stages.core.ranking import ranking_loss
+from stages.data.rankings import RankingGroup
+from stages.models.loading import peft_config
+from stages.models.reward_model import (
+    reward_text,
+    score_texts,
+    sequence_scores,
+    token_scores,
+)
+from stages.rm.evaluation import calibration_pairs, label_metrics, world_metrics
+from stages.rm.training import RankingCollator, RankingTrainer, score_on_all_ranks
 from tiny_world import FAMILIES
 
 

@@ -7,10 +7,14 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    GPT2Config,
+)
 
 from common.config import load_config
-from stages.ppo.trainer import PPOJob, PPOTrainer
+from stages.ppo.trainer import PPOTrainer, PPOTrainingSpec
 from tiny_world import TinyWorld
 
 
@@ -49,10 +53,10 @@ def make_trainer(models, run_dir, *overrides):
     ])
     world = TinyWorld()
     prompts = [e.prompt for e in world.train_examples(16, "ppo")]
-    job = PPOJob(config=config, run_dir=str(run_dir), stage="ppo", actor=str(models / "actor"), reference=str(models / "actor"),
+    spec = PPOTrainingSpec(config=config, run_dir=str(run_dir), stage="ppo", actor=str(models / "actor"), reference=str(models / "actor"),
                  reward_model=str(models / "rm"), critic=str(models / "rm"), tokenizer=str(models / "actor"),
                  prompts=prompts, validation_prompts=[], pretraining=world.corpus(50), tasks=None)
-    return PPOTrainer(job)
+    return PPOTrainer(spec)
 
 
 def test_experience_ignores_everything_after_eos(process_group, models, tmp_path):

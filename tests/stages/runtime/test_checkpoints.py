@@ -1,7 +1,12 @@
 """The `latest` marker: written last, so a checkpoint half-written when a crash came is never resumed from."""
 
 from common.files import append_jsonl, read_jsonl
-from stages.runtime.checkpoints import latest_checkpoint, mark_latest, publish_dir, truncate_metrics
+from stages.runtime.checkpoints import (
+    latest_checkpoint,
+    mark_latest,
+    publish_dir,
+    truncate_metrics,
+)
 
 
 def test_a_half_written_checkpoint_newer_than_the_marker_is_never_taken(tmp_path):

@@ -2,13 +2,19 @@
 
 import pytest
 
-from stages.scoring.metrics import calibration_bins, exact_match, normalize_answer, rouge_l, win_rate
+from stages.scoring.metrics import (
+    calibration_bins,
+    ni_exact_match,
+    normalize_answer,
+    rouge_l,
+    win_rate,
+)
 
 
 def test_natural_instructions_exact_match_and_rouge_l():
     assert normalize_answer("  The  Cat, runs! ") == "the cat runs"
-    assert exact_match("Yes", ["yes."]) == 1.0
-    assert exact_match("a dog", ["dog"]) == 0.0  # articles are kept
+    assert ni_exact_match("Yes", ["yes."]) == 1.0
+    assert ni_exact_match("a dog", ["dog"]) == 0.0  # articles are kept
     assert rouge_l("a dog", ["dog"]) == pytest.approx(2 / 3, abs=1e-3)
     assert rouge_l("The cats are running.", ["the cat runs"]) == pytest.approx(0.857, abs=1e-3)  # P 3/4, R 1
     assert rouge_l("the cat runs", ["a dog", "the cat runs"]) == 1.0  # the best reference counts

@@ -9,6 +9,7 @@ for the old log-probs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from stages.core.functional import response_mask_through_eos, token_logprobs
@@ -48,8 +49,7 @@ class HFRollout:
 
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> RolloutBatch:
-        self.tokenizer.padding_side = "left"
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
         eos = self.tokenizer.eos_token_id if self.stop_at_eos else None
         was_training = self.model.training
         self.model.eval()

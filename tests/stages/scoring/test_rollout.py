@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from stages.core.functional import response_mask_through_eos, token_logprobs
 from stages.models.forward import lm_loss, response_logits
-from stages.ppo.rollout import HFRollout
+from stages.scoring.rollout import HFRollout
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,35 @@
+"""Cheap checks of what a user's config points at: files and model directories on disk. Each stage's
+declaration runs them (`StageDeclaration.check_inputs`) before anything expensive starts (Ray, torch,
+a model load), so a wrong path or an empty file is refused in a moment, naming the config key. The
+stage's own loaders check every record later; these check only what needs no library to read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.config import DatasetSource
+from common.errors import InputError
+
+# what a saved model directory holds: HF's config (or a peft adapter's), or an SFT method's settings
+MODEL_MARKERS = ("config.json", "adapter_config.json", "bitune.json", "cmlm.json")
+
+
+def require_model_dir(path: str | Path | None, key: str) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{key}: model directory {path} does not exist (nothing is downloaded: give a local path)")
+    if not any((path / name).exists() for name in MODEL_MARKERS):
+        raise InputError(f"{key}: {path} has no config.json; expected a model saved with save_pretrained")
+
+
+def require_dataset(source: DatasetSource | None, key: str) -> None:
+    """The file or save_to_disk directory exists, and a JSON or JSONL file has a record."""
+    if source is None:
+        return
+    path = Path(source.path)
+    if not path.exists():
+        raise InputError(f"{key}.path: {path} does not exist")
+    if path.is_file() and path.suffix in (".jsonl", ".json") and not path.read_text().strip():
+        raise InputError(f"{key}.path: {path} is empty; expected records")

@@ -1,0 +1,25 @@
+"""`rlhf run` refuses what the config points at before it starts Ray or any stage."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rlhf(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_an_empty_rankings_file_is_refused_before_ray_starts(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    result = rlhf("run", "--run-dir", str(tmp_path / "run"), "--set", f"data.rankings.path={tmp_path / 'empty.jsonl'}")
+    assert result.returncode == 2
+    assert f"data.rankings.path: {tmp_path / 'empty.jsonl'} is empty; expected records" in result.stderr
+    assert "stage 1/" not in result.stdout and not (tmp_path / "run").exists()  # no stage ran, nothing written
+
+
+def test_a_missing_model_directory_is_refused_naming_its_key(tmp_path):
+    result = rlhf("run", "--run-dir", str(tmp_path / "run"), "--set", f"ppo.reward_model={tmp_path / 'nowhere'}")
+    assert result.returncode == 2
+    assert f"ppo.reward_model: model directory {tmp_path / 'nowhere'} does not exist" in result.stderr

@@ -84,7 +84,7 @@ class RestAnnotator:
 def over_http(run_dir: Path, names: list[str], per_annotator: int, think: float) -> tuple[list[float], float]:
     """(submit latencies, seconds for all the work) with every annotator pausing `think` seconds
     (on average, uniform from 0.5x to 1.5x) between a submit and its next task; 0: as fast as it can."""
-    from labeling_ui.server_process import ServerProcess
+    from labeling_ui.testing import ServerProcess
 
     server = ServerProcess(run_dir).start()
     latencies: list[float] = []

@@ -25,7 +25,16 @@ from typing import Any
 import gradio as gr
 
 from labeling_ui.export import agreement, export_snapshot
-from labeling_ui.store import FLAGS, MAX_K, MAX_NOTE, SKIP_REASONS, LabelingError, LabelStore, Task, blind_label
+from labeling_ui.store import (
+    FLAGS,
+    MAX_K,
+    MAX_NOTE,
+    SKIP_REASONS,
+    LabelingError,
+    LabelStore,
+    RankingTask,
+    blind_label,
+)
 
 LIKERT = list(range(1, 8))
 CONFIDENCE = list(range(1, 10))
@@ -95,25 +104,117 @@ def request_user(store: LabelStore, request: gr.Request):
     return store.user(request.username)
 
 
-def build_app(store: LabelStore, exports_dir: str | Path) -> gr.Blocks:
-    def user_of(request: gr.Request):
-        return request_user(store, request)
+def is_complete(candidates: list[tuple[str, str]], values: dict) -> bool:
+    ids = [c for c, _ in candidates]
+    return all(values.get("likert", {}).get(c) in LIKERT for c in ids) and all(values.get("ranks", {}).get(c) for c in ids)
 
-    def admin_of(request: gr.Request):
-        user = user_of(request)
-        if user.role != "admin":
-            raise gr.Error("Only an admin can do this.")
-        return user
 
-    # ---- the annotator's screen: task <-> widgets ----------------------------------------------
+# ---- screens: each builds its widgets, in page order, and returns them -------------------------------
 
-    def progress_text(user_id: str) -> str:
-        p = store.progress(user_id)
+@dataclass
+class SessionBar:
+    state: Any  # the task on screen: assignment id, idempotency key, edit mode, time opened
+    signed_in: Any
+
+
+@dataclass
+class RankScreen:
+    progress: Any
+    prompt: Any
+    slots: list[Slot]
+    confidence: Any
+    note: Any
+    consistency: Any
+    submit_button: Any
+    skip_reason: Any
+    skip_button: Any
+    mine: Any
+    edit_button: Any
+
+    def answers(self) -> list:
+        """What the annotator fills in: every change is saved as a draft."""
+        return [w for s in self.slots for w in (s.likert, s.rank, s.flags)] + [self.confidence, self.note]
+
+    def shown(self) -> list:
+        """What showing a task updates, after the session state (the order of `Annotation.render`)."""
+        return [self.prompt, *[w for s in self.slots for w in (s.group, s.text, s.likert, s.rank, s.flags)],
+                self.confidence, self.note, self.submit_button, self.skip_button, self.progress, self.mine]
+
+
+@dataclass
+class AdminTab:
+    tab: Any
+    summary: Any
+    table: Any
+    refresh_button: Any
+    export_button: Any
+    export_result: Any
+
+
+def session_bar() -> SessionBar:
+    state = gr.State({})
+    with gr.Row():
+        signed_in = gr.Markdown(elem_id="signed-in")
+        gr.Button("Log out", link="/logout", size="sm", scale=0)
+    return SessionBar(state, signed_in)
+
+
+def candidate_slot(i: int) -> Slot:
+    with gr.Group(visible=False) as group:
+        text = gr.Textbox(label=f"Response {blind_label(i)}", interactive=False, elem_id=f"candidate-{i}")
+        with gr.Row():
+            likert = gr.Radio(LIKERT, label="Overall quality (1 = terrible, 7 = excellent)", elem_id=f"likert-{i}")
+            rank = gr.Radio([], label="Rank (1 = best; give two responses the same rank to tie them)", elem_id=f"rank-{i}")
+        flags = gr.CheckboxGroup([(meaning, name) for name, meaning in FLAGS.items()], label="Flags", elem_id=f"flags-{i}")
+    return Slot(group, text, likert, rank, flags)
+
+
+def rank_screen() -> RankScreen:
+    with gr.Tab("Rank"):
+        progress = gr.Markdown(elem_id="progress")
+        prompt = gr.Textbox(label="Prompt", interactive=False, lines=2, elem_id="prompt")
+        slots = [candidate_slot(i) for i in range(MAX_K)]
+        confidence = gr.Radio(CONFIDENCE, label="Confidence in this ranking (1-9, optional)", elem_id="confidence")
+        note = gr.Textbox(label="Note (optional)", max_length=MAX_NOTE, elem_id="note")
+        consistency = gr.Markdown(elem_id="consistency")
+        with gr.Row():
+            submit_button = gr.Button("Submit", variant="primary", interactive=False, elem_id="submit")
+            skip_reason = gr.Radio(list(SKIP_REASONS), label="Skip reason", elem_id="skip-reason")
+            skip_button = gr.Button("Skip", elem_id="skip")
+        with gr.Accordion("Edit one of your submissions", open=False):
+            mine = gr.Dropdown([], label="Your submissions", elem_id="mine")
+            edit_button = gr.Button("Edit", elem_id="edit")
+    return RankScreen(progress, prompt, slots, confidence, note, consistency, submit_button, skip_reason, skip_button,
+                      mine, edit_button)
+
+
+def admin_tab() -> AdminTab:
+    with gr.Tab("Admin", visible=False, elem_id="admin-tab") as tab:
+        summary = gr.Markdown(elem_id="admin-summary")
+        table = gr.Dataframe(headers=["annotator", "submitted", "skipped", "reserved", "agreement"], interactive=False)
+        with gr.Row():
+            refresh_button = gr.Button("Refresh", elem_id="admin-refresh")
+            export_button = gr.Button("Export snapshot", elem_id="export")
+        export_result = gr.Markdown(elem_id="export-result")
+    return AdminTab(tab, summary, table, refresh_button, export_button, export_result)
+
+
+# ---- handlers: the annotator's task <-> the rank screen, and the admin's figures ---------------------
+
+class Annotation:
+    def __init__(self, store: LabelStore, state: Any, screen: RankScreen):
+        self.store, self.state, self.screen = store, state, screen
+
+    def progress_text(self, user_id: str) -> str:
+        p = self.store.progress(user_id)
         return f"Submitted {p['submitted']} · skipped {p['skipped']} · open prompts left {p['remaining']}"
 
-    def render(task: Task | None, values: dict | None, user_id: str, editing: bool = False) -> list:
-        """Updates for every output of `screen` (below), showing `task` filled with `values` (a draft
-        or a submission: likert, ranks, flags by candidate id; confidence; note)."""
+    def submitted_choices(self, user_id: str) -> list[tuple[str, str]]:
+        return [(prompt[:80], aid) for aid, prompt in self.store.submitted(user_id)]
+
+    def render(self, task: RankingTask | None, values: dict | None, user_id: str, editing: bool = False) -> list:
+        """Updates for the session state and every widget of `RankScreen.shown`, showing `task` filled
+        with `values` (a draft or a submission: likert, ranks, flags by candidate id; confidence; note)."""
         values = values or {}
         session = {"assignment_id": task.assignment_id, "key": str(uuid.uuid4()), "editing": editing,
                    "opened": time.time()} if task else {}
@@ -132,21 +233,21 @@ def build_app(store: LabelStore, exports_dir: str | Path) -> gr.Blocks:
         complete = task is not None and is_complete(candidates, values)
         updates += [gr.update(value=values.get("confidence")), gr.update(value=values.get("note", "")),
                     gr.update(interactive=complete), gr.update(interactive=task is not None and not editing),
-                    progress_text(user_id), gr.update(choices=submitted_choices(user_id), value=None)]
+                    self.progress_text(user_id), gr.update(choices=self.submitted_choices(user_id), value=None)]
         return updates
 
-    def is_complete(candidates, values: dict) -> bool:
-        ids = [c for c, _ in candidates]
-        return all(values.get("likert", {}).get(c) in LIKERT for c in ids) and all(values.get("ranks", {}).get(c) for c in ids)
+    def render_next(self, user_id: str) -> list:
+        """The annotator's next task, with its draft if they started it."""
+        task = self.store.next_task(user_id)
+        return self.render(task, self.store.draft(user_id, task.assignment_id) if task else None, user_id)
 
-    def submitted_choices(user_id: str) -> list[tuple[str, str]]:
-        return [(prompt[:80], aid) for aid, prompt in store.submitted(user_id)]
-
-    def values_of(task: Task, data: dict) -> dict:
+    def values_of(self, task: RankingTask, data: dict) -> dict:
         """likert, ranks and flags by candidate id, confidence and note, from the widgets' values."""
-        values: dict = {"likert": {}, "ranks": {}, "flags": {}, "confidence": data[confidence], "note": data[note] or ""}
-        for i, (cid, _) in enumerate(task.candidates):
-            likert, rank, flags = data[slots[i].likert], data[slots[i].rank], data[slots[i].flags]
+        screen = self.screen
+        values: dict = {"likert": {}, "ranks": {}, "flags": {}, "confidence": data[screen.confidence],
+                        "note": data[screen.note] or ""}
+        for slot, (cid, _) in zip(screen.slots, task.candidates):
+            likert, rank, flags = data[slot.likert], data[slot.rank], data[slot.flags]
             if likert is not None:
                 values["likert"][cid] = int(likert)
             if rank is not None:
@@ -155,59 +256,65 @@ def build_app(store: LabelStore, exports_dir: str | Path) -> gr.Blocks:
                 values["flags"][cid] = list(flags)
         return values
 
-    def open_task(request: gr.Request):
-        user = user_of(request)
-        task = store.next_task(user.id)
-        draft = store.draft(user.id, task.assignment_id) if task else None
-        return [*render(task, draft, user.id), gr.update(visible=user.role == "admin"), f"Signed in as **{user.name}** ({user.role})"]
+    def open_task(self, request: gr.Request):
+        user = request_user(self.store, request)
+        return [*self.render_next(user.id), gr.update(visible=user.role == "admin"), f"Signed in as **{user.name}** ({user.role})"]
 
-    def autosave(data: dict, request: gr.Request):
-        user = user_of(request)
-        if not data[state].get("assignment_id"):
+    def autosave(self, data: dict, request: gr.Request):
+        user = request_user(self.store, request)
+        if not data[self.state].get("assignment_id"):
             return gr.update(interactive=False), ""
-        task = store.task(user.id, data[state]["assignment_id"])
-        values = values_of(task, data)
-        store.save_draft(user.id, task.assignment_id, values)
+        task = self.store.task(user.id, data[self.state]["assignment_id"])
+        values = self.values_of(task, data)
+        self.store.save_draft(user.id, task.assignment_id, values)
         labels = {cid: blind_label(i) for i, (cid, _) in enumerate(task.candidates)}
         clashes = likert_contradictions(values["ranks"], values["likert"])
         warning = "; ".join(f"{labels[a]} is ranked above {labels[b]} but rated lower" for a, b in clashes)
         return gr.update(interactive=is_complete(task.candidates, values)), f"Check: {warning}." if warning else ""
 
     @refusals_shown
-    def submit(data: dict, request: gr.Request):
-        user = user_of(request)
-        session = data[state]
-        task = store.task(user.id, session["assignment_id"])
-        values = values_of(task, data)
-        store.submit(user.id, task.assignment_id, tiers_from_ranks(values["ranks"]), values["likert"], values["flags"],
-                     int(values["confidence"]) if values["confidence"] else None, values["note"],
-                     int(1000 * (time.time() - session["opened"])), idempotency_key=session["key"])
+    def submit(self, data: dict, request: gr.Request):
+        user = request_user(self.store, request)
+        session = data[self.state]
+        task = self.store.task(user.id, session["assignment_id"])
+        values = self.values_of(task, data)
+        self.store.submit(user.id, task.assignment_id, tiers_from_ranks(values["ranks"]), values["likert"], values["flags"],
+                          int(values["confidence"]) if values["confidence"] else None, values["note"],
+                          int(1000 * (time.time() - session["opened"])), idempotency_key=session["key"])
         gr.Info("Edit saved." if session.get("editing") else "Submitted.")
-        following = store.next_task(user.id)
-        return render(following, store.draft(user.id, following.assignment_id) if following else None, user.id)
+        return self.render_next(user.id)
 
     @refusals_shown
-    def skip(session: dict, reason: str | None, request: gr.Request):
-        user = user_of(request)
+    def skip(self, session: dict, reason: str | None, request: gr.Request):
+        user = request_user(self.store, request)
         if not reason:
             raise gr.Error("Choose a reason to skip.")
-        store.skip(user.id, session.get("assignment_id", ""), reason)
-        following = store.next_task(user.id)
-        return render(following, store.draft(user.id, following.assignment_id) if following else None, user.id)
+        self.store.skip(user.id, session.get("assignment_id", ""), reason)
+        return self.render_next(user.id)
 
     @refusals_shown
-    def edit(assignment_id: str | None, request: gr.Request):
-        user = user_of(request)
+    def edit(self, assignment_id: str | None, request: gr.Request):
+        user = request_user(self.store, request)
         if not assignment_id:
             raise gr.Error("Choose one of your submissions.")
-        task, latest = store.task(user.id, assignment_id), store.latest_submission(user.id, assignment_id)
-        return render(task, {**latest, "ranks": ranks_from_tiers(latest["tiers"])}, user.id, editing=True)
+        task, latest = self.store.task(user.id, assignment_id), self.store.latest_submission(user.id, assignment_id)
+        return self.render(task, {**latest, "ranks": ranks_from_tiers(latest["tiers"])}, user.id, editing=True)
 
-    # ---- the admin's screen ---------------------------------------------------------------------
 
-    def admin_view(request: gr.Request):
-        admin_of(request)
-        coverage, report = store.coverage(), agreement(store)
+class Administration:
+    def __init__(self, store: LabelStore, exports_dir: str | Path):
+        self.store, self.exports_dir = store, exports_dir
+
+    def admin_of(self, request: gr.Request):
+        """The role is checked here, on the server: the hidden tab alone would not stop an API call."""
+        user = request_user(self.store, request)
+        if user.role != "admin":
+            raise gr.Error("Only an admin can do this.")
+        return user
+
+    def admin_view(self, request: gr.Request):
+        self.admin_of(request)
+        coverage, report = self.store.coverage(), agreement(self.store)
 
         def fmt(value):
             return "n/a" if value is None else f"{value:.3f}"
@@ -220,60 +327,28 @@ def build_app(store: LabelStore, exports_dir: str | Path) -> gr.Blocks:
                 for name, c in sorted(coverage["per_annotator"].items())]
         return summary, rows
 
-    def export(request: gr.Request):
-        admin_of(request)
-        snapshot = export_snapshot(store, exports_dir)
+    def export(self, request: gr.Request):
+        self.admin_of(request)
+        snapshot = export_snapshot(self.store, self.exports_dir)
         return f"Snapshot: `{snapshot.name}` ({sum(1 for _ in open(snapshot / 'rankings.jsonl'))} rankings)"
 
-    # ---- layout ---------------------------------------------------------------------------------
 
+def build_app(store: LabelStore, exports_dir: str | Path) -> gr.Blocks:
+    """Every screen first, then every listener, so that a handler never refers to a widget that is
+    not built yet. Gradio names each listener's API endpoint after its handler (/admin_view, /export)."""
     with gr.Blocks(title="Rank responses") as app:
-        state = gr.State({})
-        with gr.Row():
-            signed_in = gr.Markdown(elem_id="signed-in")
-            gr.Button("Log out", link="/logout", size="sm", scale=0)
-        with gr.Tab("Rank"):
-            progress = gr.Markdown(elem_id="progress")
-            prompt = gr.Textbox(label="Prompt", interactive=False, lines=2, elem_id="prompt")
-            slots = []
-            for i in range(MAX_K):
-                with gr.Group(visible=False) as group:
-                    text = gr.Textbox(label=f"Response {blind_label(i)}", interactive=False, elem_id=f"candidate-{i}")
-                    with gr.Row():
-                        likert = gr.Radio(LIKERT, label="Overall quality (1 = terrible, 7 = excellent)", elem_id=f"likert-{i}")
-                        rank = gr.Radio([], label="Rank (1 = best; give two responses the same rank to tie them)",
-                                        elem_id=f"rank-{i}")
-                    flags = gr.CheckboxGroup([(meaning, name) for name, meaning in FLAGS.items()], label="Flags", elem_id=f"flags-{i}")
-                slots.append(Slot(group, text, likert, rank, flags))
-            confidence = gr.Radio(CONFIDENCE, label="Confidence in this ranking (1-9, optional)", elem_id="confidence")
-            note = gr.Textbox(label="Note (optional)", max_length=MAX_NOTE, elem_id="note")
-            consistency = gr.Markdown(elem_id="consistency")
-            with gr.Row():
-                submit_button = gr.Button("Submit", variant="primary", interactive=False, elem_id="submit")
-                skip_reason = gr.Radio(list(SKIP_REASONS), label="Skip reason", elem_id="skip-reason")
-                skip_button = gr.Button("Skip", elem_id="skip")
-            with gr.Accordion("Edit one of your submissions", open=False):
-                mine = gr.Dropdown([], label="Your submissions", elem_id="mine")
-                edit_button = gr.Button("Edit", elem_id="edit")
-        with gr.Tab("Admin", visible=False, elem_id="admin-tab") as admin_tab:
-            admin_summary = gr.Markdown(elem_id="admin-summary")
-            table = gr.Dataframe(headers=["annotator", "submitted", "skipped", "reserved", "agreement"], interactive=False)
-            with gr.Row():
-                refresh_button = gr.Button("Refresh", elem_id="admin-refresh")
-                export_button = gr.Button("Export snapshot", elem_id="export")
-            export_result = gr.Markdown(elem_id="export-result")
-
-        widgets = [w for s in slots for w in (s.likert, s.rank, s.flags)] + [confidence, note]
-        screen = [state, prompt, *[w for s in slots for w in (s.group, s.text, s.likert, s.rank, s.flags)],
-                  confidence, note, submit_button, skip_button, progress, mine]
-        app.load(open_task, None, [*screen, admin_tab, signed_in])
-        for widget in widgets:
-            widget.input(autosave, {state, *widgets}, [submit_button, consistency], show_progress="hidden")
-        submit_button.click(submit, {state, *widgets}, screen)
-        skip_button.click(skip, [state, skip_reason], screen)
-        edit_button.click(edit, [mine], screen)
-        refresh_button.click(admin_view, None, [admin_summary, table])
-        export_button.click(export, None, export_result)
+        session, rank, admin = session_bar(), rank_screen(), admin_tab()
+        annotation, administration = Annotation(store, session.state, rank), Administration(store, exports_dir)
+        shown, answers = [session.state, *rank.shown()], rank.answers()
+        app.load(annotation.open_task, None, [*shown, admin.tab, session.signed_in])
+        for widget in answers:
+            widget.input(annotation.autosave, {session.state, *answers}, [rank.submit_button, rank.consistency],
+                         show_progress="hidden")
+        rank.submit_button.click(annotation.submit, {session.state, *answers}, shown)
+        rank.skip_button.click(annotation.skip, [session.state, rank.skip_reason], shown)
+        rank.edit_button.click(annotation.edit, [rank.mine], shown)
+        admin.refresh_button.click(administration.admin_view, None, [admin.summary, admin.table])
+        admin.export_button.click(administration.export, None, admin.export_result)
         add_api(store)
     return app
 
@@ -284,7 +359,7 @@ def add_api(store: LabelStore) -> None:
     def user_id(request: gr.Request) -> str:
         return request_user(store, request).id
 
-    def labels(task: Task) -> dict[str, str]:
+    def labels(task: RankingTask) -> dict[str, str]:
         return {blind_label(i): cid for i, (cid, _) in enumerate(task.candidates)}
 
     def next_task(request: gr.Request) -> dict:

@@ -14,19 +14,24 @@ import sys
 from pathlib import Path
 
 from common.errors import InputError
+from common.files import numbered_jsonl_records
 
 STANDALONE_BATCH = "standalone"
 
 
 def run_store(run_dir: str):
     """(the run's store, its exports folder)."""
-    from labeling_ui.store import open_run_store
     from common.config import load_config
     from common.run_dir import RunDir
+    from labeling_ui.simulated import simulated_batch
+    from labeling_ui.store import open_run_store
 
     run = RunDir(run_dir)
     config = load_config(run.config_path if run.config_path.exists() else None)
     batch = run.stage_record("sample").get("fingerprint", STANDALONE_BATCH) if run.manifest_path.exists() else STANDALONE_BATCH
+    labeled = run.stage_record("label").get("fingerprint") if run.manifest_path.exists() else None
+    if config.labeling.mode == "simulated" and batch != STANDALONE_BATCH and labeled:
+        batch = simulated_batch(batch, labeled)  # what the simulated annotators of the run's labeling ranked
     run.root.mkdir(parents=True, exist_ok=True)
     return open_run_store(config.labeling, run.root, batch), run.root / "labeling" / "exports"
 
@@ -58,13 +63,7 @@ def _import(args: argparse.Namespace) -> None:
     path = Path(args.file)
     if not path.exists():
         raise InputError(f"{path} does not exist")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path} line {number}: not JSON ({exc.msg})") from None
+    records = [record for _, record in numbered_jsonl_records(path)]
     print(f"imported {store.import_records(records, str(path))} new prompts from {path}")
 
 
@@ -82,34 +81,32 @@ def _stats(args: argparse.Namespace) -> None:
     print(json.dumps({"coverage": store.coverage(), "agreement": agreement(store)}, indent=2, sort_keys=True))
 
 
+def run_command(parent, name: str, func, help: str) -> argparse.ArgumentParser:
+    """A subcommand that works on one run directory (--run-dir)."""
+    command = parent.add_parser(name, help=help)
+    command.add_argument("--run-dir", required=True)
+    command.set_defaults(func=func)
+    return command
+
+
 def add_commands(commands) -> None:
     label = commands.add_parser("label", help="the ranking app and its data (rlhf label serve|users|import|export|stats)")
     sub = label.add_subparsers(dest="label_command", required=True)
 
-    serve = sub.add_parser("serve", help="serve the ranking app (Gradio) for annotators")
-    serve.add_argument("--run-dir", required=True)
+    serve = run_command(sub, "serve", _serve, "serve the ranking app (Gradio) for annotators")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     serve.add_argument("--port", type=int, default=7860)
-    serve.set_defaults(func=_serve)
 
     users = sub.add_parser("users", help="manage annotator accounts").add_subparsers(dest="users_command", required=True)
-    add = users.add_parser("add", help="add an annotator or admin (asks for the password)")
+    add = run_command(users, "add", _users_add, "add an annotator or admin (asks for the password)")
     add.add_argument("name")
     add.add_argument("--role", choices=("annotator", "admin"), default="annotator")
-    add.add_argument("--run-dir", required=True)
     add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
-    add.set_defaults(func=_users_add)
 
-    imp = sub.add_parser("import", help="import prompts and candidates (the sample stage's candidates.jsonl format)")
+    imp = run_command(sub, "import", _import, "import prompts and candidates (the sample stage's candidates.jsonl format)")
     imp.add_argument("file")
-    imp.add_argument("--run-dir", required=True)
-    imp.set_defaults(func=_import)
 
-    exp = sub.add_parser("export", help="write an immutable export snapshot (K-way and pairwise JSONL, manifest)")
-    exp.add_argument("--run-dir", required=True)
+    exp = run_command(sub, "export", _export, "write an immutable export snapshot (K-way and pairwise JSONL, manifest)")
     exp.add_argument("--out", help="folder for snapshots (default: DIR/labeling/exports)")
-    exp.set_defaults(func=_export)
 
-    stats = sub.add_parser("stats", help="coverage and agreement (pairwise, Kendall tau-b, Krippendorff's alpha)")
-    stats.add_argument("--run-dir", required=True)
-    stats.set_defaults(func=_stats)
+    run_command(sub, "stats", _stats, "coverage and agreement (pairwise, Kendall tau-b, Krippendorff's alpha)")

@@ -1,6 +1,7 @@
 """Exports of the ranking database (labeling spec section 6): immutable snapshots, each a folder with
 
-  rankings.jsonl   K-way, one record per submitted ranking (its latest version), tiers best first:
+  rankings.jsonl   K-way, one record per submitted ranking (its latest version), by prompt id then
+                   annotator (never by submission, which differs from run to run), tiers best first:
                    what the reward stage reads (InstructGPT's grouping: all C(K,2) pairs of a prompt
                    in one batch element, ties dropped)
   pairs.jsonl      the same as pairwise prompt/chosen/rejected records for other tools (TRL's
@@ -14,16 +15,18 @@ and annotator), as summarize-from-feedback keeps its worker ids. Gold items are 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_write_json, atomic_write_jsonl
 from labeling_ui.agreement import agreement_report, pair_orders
 from labeling_ui.store import LabelStore
 
+RUN_SPECIFIC = ("assignment_id", "submitted_at")
 POLICY = "each annotator's ranking is its own group (labeling spec 6.3 a); gold items are not exported"
 
 
@@ -39,10 +42,6 @@ def pairwise_records(rankings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return pairs
 
 
-def _jsonl(records: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
-
-
 def agreement(store: LabelStore) -> dict[str, Any]:
     return agreement_report([(r["prompt_id"], r["annotator_id"], r["ranking"]) for r in store.rankings()])
 
@@ -51,34 +50,33 @@ def export_snapshot(store: LabelStore, exports_dir: str | os.PathLike) -> Path:
     """Write a new snapshot folder under `exports_dir` and return it. The folder is named by time and
     content hash and written whole before it appears (a temporary folder renamed into place); an
     export of unchanged data returns the existing snapshot instead of a copy."""
-    rankings = store.rankings()
-    files = {"rankings.jsonl": _jsonl(rankings), "pairs.jsonl": _jsonl(pairwise_records(rankings))}
-    digests = {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()}
-    content = hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:12]
+    # the assignment id (random) and the submission time differ in every run of the pipeline, and two
+    # identical runs must export identical files; prompt, annotator and version still identify a record
+    rankings = [{k: v for k, v in r.items() if k not in RUN_SPECIFIC} for r in store.rankings()]
+    pairs = pairwise_records(rankings)
     exports_dir = Path(exports_dir)
     exports_dir.mkdir(parents=True, exist_ok=True)
+    tmp = exports_dir / f".{uuid.uuid4().hex}.tmp"
+    tmp.mkdir()
+    atomic_write_jsonl(tmp / "rankings.jsonl", rankings)
+    atomic_write_jsonl(tmp / "pairs.jsonl", pairs)
+    digests = {name: hashlib.sha256((tmp / name).read_bytes()).hexdigest() for name in ("rankings.jsonl", "pairs.jsonl")}
+    content = hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:12]
     for existing in sorted(exports_dir.glob(f"*-{content}")):
+        shutil.rmtree(tmp)
         return existing
     report = agreement_report([(r["prompt_id"], r["annotator_id"], r["ranking"]) for r in rankings])
-    manifest = {
+    atomic_write_json(tmp / "manifest.json", {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "counts": {"rankings": len(rankings), "prompts": len({r["prompt_id"] for r in rankings}),
-                   "annotators": len({r["annotator_id"] for r in rankings}), "pairs": files["pairs.jsonl"].count("\n")},
+                   "annotators": len({r["annotator_id"] for r in rankings}), "pairs": len(pairs)},
         "sha256": digests,
         "agreement": report,
         "guideline_versions": sorted({r["guideline_version"] for r in rankings}),
         "multi_annotator_policy": POLICY,
-    }
-    name = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{content}"
-    tmp = exports_dir / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for file_name, text in {**files, "manifest.json": json.dumps(manifest, indent=2, sort_keys=True) + "\n"}.items():
-        with open(tmp / file_name, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    })
     for path in tmp.iterdir():
         path.chmod(0o444)  # a snapshot is read, never rewritten
+    name = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{content}"
     tmp.rename(exports_dir / name)
     return exports_dir / name

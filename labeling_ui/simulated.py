@@ -97,3 +97,10 @@ def label_through_store(store, annotators: list[SimulatedAnnotator], tasks: dict
             store.submit(user, task.assignment_id, ranking, likert, idempotency_key=f"{user}:{task.assignment_id}")
             counts["submitted"] += 1
     return counts
+
+
+def simulated_batch(sample_batch: str, labeling_fingerprint: str) -> str:
+    """The store batch of one simulated labeling: the sample stage's candidates, ranked under one labeling
+    config (the label stage's fingerprint). A changed config ranks in a batch of its own, so nothing is
+    re-ranked over and nothing kept from another config."""
+    return f"{sample_batch}:simulated:{labeling_fingerprint}"

@@ -22,8 +22,21 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event,
-                        func, select, update)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -177,7 +190,7 @@ def check_password(password: str, stored: str) -> bool:
 # ---- what the app shows -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Task:
+class RankingTask:
     """One assignment as the annotator sees it: candidates in the stored display order, under blinded
     labels A, B, C, ... (no policy names)."""
     assignment_id: str
@@ -199,8 +212,10 @@ def open_run_store(labeling, run_root, batch: str) -> LabelStore:
     """The store of a run: `labeling` is the config's labeling section (its database URL, or SQLite
     at DIR/labels.db), serving the batch of candidates that the sample stage named `batch`."""
     url = labeling.database or sqlite_url(Path(run_root) / "labels.db")
-    return LabelStore(url, batch=batch, overlap_fraction=labeling.overlap_fraction, gold_every=labeling.gold_every,
-                      ttl_minutes=labeling.reservation_minutes, guideline_version=labeling.guideline_version)
+    store = LabelStore(url, batch=batch, overlap_fraction=labeling.overlap_fraction, gold_every=labeling.gold_every,
+                       ttl_minutes=labeling.reservation_minutes, guideline_version=labeling.guideline_version)
+    store.apply_overlap_fraction()  # the config's, even for candidates imported under another
+    return store
 
 
 class LabelStore:
@@ -287,8 +302,7 @@ class LabelStore:
                 if record["prompt_id"] in known:
                     continue
                 known.add(record["prompt_id"])
-                # overlap by a hash of the id, so the choice does not depend on import order
-                overlap = int(hashlib.sha256(record["prompt_id"].encode()).hexdigest()[:8], 16) / 16**8 < self.overlap_fraction
+                overlap = self._overlap(record["prompt_id"])
                 extra = {k: v for k, v in record.items() if k not in ("prompt_id", "prompt", "candidates", "gold", "split")}
                 prompt = Prompt(batch=self.batch, external_id=record["prompt_id"], text=record["prompt"], split=record.get("split", "train"),
                                 overlap=overlap, gold=record.get("gold"), meta=extra)
@@ -300,9 +314,25 @@ class LabelStore:
                 added += 1
         return added
 
+    def _overlap(self, external_id: str) -> bool:
+        # by a hash of the id, so the choice depends neither on import order nor on the run
+        return int(hashlib.sha256(external_id.encode()).hexdigest()[:8], 16) / 16**8 < self.overlap_fraction
+
+    def apply_overlap_fraction(self) -> int:
+        """Decide again from this store's overlap_fraction which prompts of the batch are ranked twice, so
+        that a changed labeling.overlap_fraction applies to what is still open (a prompt ranked twice
+        keeps both rankings). Returns how many prompts changed; the change is in the event log."""
+        with self.transaction() as s:
+            changed = [p for p in s.scalars(select(Prompt).where(Prompt.batch == self.batch)) if p.overlap != self._overlap(p.external_id)]
+            for prompt in changed:
+                prompt.overlap = not prompt.overlap
+            if changed:
+                s.add(Event(type="overlap", payload={"overlap_fraction": self.overlap_fraction, "prompts_changed": len(changed)}))
+        return len(changed)
+
     # ---- assignment -----------------------------------------------------------------------------
 
-    def next_task(self, annotator_id: str) -> Task | None:
+    def next_task(self, annotator_id: str) -> RankingTask | None:
         """The annotator's open reservation, or a new one: a prompt they never had, with open
         coverage (1 annotator, 2 for overlap prompts; a gold item every `gold_every` tasks), reserved
         for the TTL. Expired reservations return to the pool first. None when nothing is left."""
@@ -357,10 +387,10 @@ class LabelStore:
         s.flush()
         return assignment
 
-    def _task(self, s: Session, assignment: Assignment) -> Task:
+    def _task(self, s: Session, assignment: Assignment) -> RankingTask:
         prompt = s.get(Prompt, assignment.prompt_id)
         texts = dict(s.execute(select(Candidate.external_id, Candidate.text).where(Candidate.prompt_id == prompt.id)).all())
-        return Task(assignment.id, prompt.text, [(c, texts[c]) for c in assignment.display_order], assignment.status,
+        return RankingTask(assignment.id, prompt.text, [(c, texts[c]) for c in assignment.display_order], assignment.status,
                     assignment.expires_at)
 
     def _own(self, s: Session, annotator_id: str, assignment_id: str) -> Assignment:
@@ -369,7 +399,7 @@ class LabelStore:
             raise LabelingError("no such assignment for this annotator")
         return assignment
 
-    def task(self, annotator_id: str, assignment_id: str) -> Task:
+    def task(self, annotator_id: str, assignment_id: str) -> RankingTask:
         with self.reading() as s:
             return self._task(s, self._own(s, annotator_id, assignment_id))
 
@@ -484,7 +514,8 @@ class LabelStore:
         return {"prompts": prompts, "ranked_prompts": ranked, "per_annotator": by_user}
 
     def rankings(self, include_gold: bool = False) -> list[dict[str, Any]]:
-        """The latest version of every submitted ranking, in the K-way export format (spec 6.1)."""
+        """The latest version of every submitted ranking, in the K-way export format (spec 6.1), by prompt
+        id then annotator: never by submission, whose order concurrent annotators change from run to run."""
         with self.reading() as s:
             latest = (select(Submission.assignment_id, func.max(Submission.version).label("version"))
                       .group_by(Submission.assignment_id).subquery())

@@ -1,13 +1,18 @@
 """`rlhf run`: the stage graph on a local Ray started for the run.
 
 Each stage runs as its own process, `python -m stages.<name> --config DIR/config.yaml --run-dir DIR`,
-exactly what a Ray job runs, attached to the run's Ray cluster through RAY_ADDRESS. Its output goes
-to the terminal and to DIR/logs/<stage>.log.
+exactly what a Ray job runs, attached to the run's Ray cluster through RAY_ADDRESS. Its whole output
+(every Ray worker's included) goes to DIR/logs/<stage>.log; the terminal shows one line per stage,
+redrawn with the stage's progress when the terminal is interactive, and the log's last lines when the
+stage fails.
 """
 
 from __future__ import annotations
 
+import codecs
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -52,23 +57,68 @@ def start_local_ray(config: Config) -> str:
 
     set_worker_env()
     cpus = max(os.cpu_count() or 1, int(config.ray.num_workers * config.ray.resources_per_worker.get("CPU", 1.0) + 0.999))
-    context = ray.init(address="local", num_cpus=cpus, log_to_driver=False)
+    # its start-up notices belong to no stage: the terminal keeps one line per stage
+    context = ray.init(address="local", num_cpus=cpus, log_to_driver=False, logging_level=logging.ERROR)
     return context.address_info["gcs_address"]
 
 
-def run_stage_process(stage: str, config_path: Path, run_dir: RunDir, ray_address: str) -> int:
-    """Run one stage as a child process, teeing its output to DIR/logs/<stage>.log."""
+# a tqdm bar's "45%|####      | 45/100": the stage's own progress (its rank-0 bar)
+PROGRESS_BAR = re.compile(r"(\d+)%\|.*?\|\s*(\d+)/(\d+)")
+FAILURE_TAIL_LINES = 20
+
+
+class StageLine:
+    """The terminal's one line for a running stage: its progress bar's latest count and the time."""
+
+    def __init__(self, title: str, interactive: bool):
+        self.title, self.interactive = title, interactive
+        self.started = self.drawn = time.time()
+        self.progress = ""
+
+    def saw(self, piece: str) -> None:
+        match = PROGRESS_BAR.search(piece)
+        if match:
+            self.progress = f"{match.group(1)}% ({match.group(2)}/{match.group(3)})"
+        if self.interactive and time.time() - self.drawn > 0.5:
+            self.draw()
+
+    def draw(self) -> None:
+        self.drawn = time.time()
+        sys.stdout.write(f"\r\033[K{self.title} {self.progress} {time.time() - self.started:.0f} s")
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.interactive:
+            sys.stdout.write("\r\033[K")
+            sys.stdout.flush()
+
+
+def run_stage_process(stage: str, title: str, config_path: Path, run_dir: RunDir, ray_address: str) -> int:
+    """Run one stage as a child process; its output goes to DIR/logs/<stage>.log, the terminal gets `title`
+    and the stage's progress (StageLine), and on failure the log's last lines on stderr."""
     log_path = run_dir.log_path(stage)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", f"stages.{stage}", "--config", str(config_path), "--run-dir", str(run_dir.root)]
     env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
-    with open(log_path, "a") as log, subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1
-    ) as process:
-        for line in process.stdout:
-            sys.stdout.write(line)
-            log.write(line)
-        return process.wait()
+    line = StageLine(title, sys.stdout.isatty())
+    print(title, flush=True)
+    decoder, pending, tail = codecs.getincrementaldecoder("utf-8")("replace"), "", []
+    with open(log_path, "a") as log, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as process:
+        # bytes as they come: a progress bar redraws itself with "\r" and ends no line until it is done
+        while chunk := os.read(process.stdout.fileno(), 1 << 16):
+            text = decoder.decode(chunk)
+            log.write(text)
+            *pieces, pending = re.split(r"[\r\n]", pending + text)
+            for piece in pieces:
+                line.saw(piece)
+                if piece.strip():
+                    tail = (tail + [piece])[-FAILURE_TAIL_LINES:]
+        code = process.wait()
+    line.close()
+    if code not in (0, EXIT_AWAITING_LABELS):
+        errors = [piece for piece in tail if piece.startswith("error: ")]
+        sys.stderr.write("".join(f"  {piece}\n" for piece in (errors if code == EXIT_BAD_INPUT and errors else tail)))
+    return code
 
 
 def run_stage_job(stage: str, config: Config, run_dir: RunDir, address: str) -> int:
@@ -106,12 +156,13 @@ def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: st
                 print(f"[rlhf] {name}: done with this config, skipped")
         ray_address = start_local_ray(config) if to_run and not address else ""
         for index, name in enumerate(to_run, start=1):
-            print(f"[rlhf] stage {index}/{len(to_run)}: {name}", flush=True)
+            title = f"[rlhf] stage {index}/{len(to_run)}: {name}"
             started = time.time()
             if address:
+                print(title, flush=True)
                 code = run_stage_job(name, config, run, address)
             else:
-                code = run_stage_process(name, resolved_path, run, ray_address)
+                code = run_stage_process(name, title, resolved_path, run, ray_address)
             if run.stage_record(name).get("status") == AWAITING_LABELS:
                 print(f"[rlhf] {name}: awaiting labels, {run.stage_record(name).get('progress', '')}. Annotators rank in "
                       f"`rlhf label serve --run-dir {run.root}`; then `rlhf run --run-dir {run.root} --resume` goes on.", flush=True)

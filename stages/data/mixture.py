@@ -243,7 +243,7 @@ def family_task(world: TinyWorld, name: str, family: str, size: int) -> MixtureT
 
 
 def file_task(dataset: MixtureDataset) -> MixtureTask:
-    from stages.data.datasets import open_dataset
+    from stages.data.files import open_dataset
 
     where = f"data.mixture dataset {dataset.name!r}"
     records = open_dataset(Path(dataset.path), f"{where} ({dataset.path})").to_list()

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from common.errors import InputError
 from common.files import numbered_jsonl_records
-from stages.data.datasets import open_dataset, render_conversation
+from stages.data.files import open_dataset, render_conversation
 
 EXPECTED = "expected K-way prompt/candidates/ranking, pairwise prompt/chosen/rejected, or chosen/rejected"
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"

@@ -24,7 +24,8 @@ from pathlib import Path
 from common.config import Config
 from common.files import atomic_write_json, atomic_write_jsonl
 from common.run_dir import RunDir
-from stages.data.datasets import make_world, prompts_from_file, text_dataset_from_file
+from stages.data.datasets import make_world
+from stages.data.files import prompts_from_file, text_dataset_from_file
 from stages.eval.report import build_report
 from stages.models.loading import (
     check_model_dir,

@@ -1,6 +1,18 @@
 """Stage `label` (stage.py): the candidates ranked, by simulated annotators or by people, and exported."""
 
+from common.config import Config
 from common.graph import StageDeclaration
+
+# what the sample stage reads of the labeling section (which prompts get candidates): it reruns this stage
+_SAMPLE_KEYS = ("labeling.select", "labeling.embedder", "labeling.dedup_threshold", "labeling.pool_factor")
+_SIMULATION_KEYS = ("labeling.simulated_annotators", "labeling.annotator_agreement", "labeling.annotator_noise")
+_PEOPLE_KEYS = ("labeling.min_rankings", "labeling.reservation_minutes")
+
+
+def _ignored(config: Config) -> tuple[str, ...]:
+    """Each mode's keys matter to it alone: simulated annotators' noise means nothing to people's rankings."""
+    return _SAMPLE_KEYS + (_SIMULATION_KEYS if config.labeling.mode == "human" else _PEOPLE_KEYS)
+
 
 DECLARATION = StageDeclaration(
     name="label",
@@ -10,4 +22,5 @@ DECLARATION = StageDeclaration(
     outputs=("rankings", "snapshot"),
     headline=("label/pairwise_agreement",),
     enabled=lambda config: config.data.rankings is None,
+    ignored=_ignored,
 )

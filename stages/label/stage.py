@@ -3,9 +3,12 @@
 labeling.mode simulated: the tiny world's simulated annotators rank every prompt through the same
 store API as the app, with their noise calibrated on these candidates to InstructGPT's inter-annotator
 agreement (72.6%) unless labeling.annotator_noise is given; overlap prompts get two rankings, which
-the agreement figures are measured on.
+the agreement figures are measured on. Their rankings belong to this labeling config: they go into a
+batch of the store named by the stage's fingerprint, so a changed config ranks anew (the earlier
+rankings stay in the database, untouched) and the same config always gives the same rankings.
 labeling.mode human: people rank in `rlhf label serve`. Until labeling.min_rankings are in, the stage
 leaves the run awaiting_labels (its progress in `rlhf status`); `rlhf run --resume` goes on from here.
+People's rankings are never thrown away: simulated mode refuses to run over them.
 
 Reads:  the ranking database (the sample stage's batch), DIR/sample/candidates.jsonl.
 Writes: an immutable export snapshot DIR/labeling/exports/<time>-<hash>/ (K-way rankings, pairwise
@@ -26,6 +29,7 @@ from labeling_ui.simulated import (
     SimulatedAnnotator,
     calibrate_noise,
     label_through_store,
+    simulated_batch,
 )
 from labeling_ui.store import open_run_store
 from stages.data.datasets import world_tasks
@@ -50,8 +54,18 @@ def simulate(config: Config, run_dir: RunDir, store) -> dict[str, float]:
 
 
 def label(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult:
-    # 1. the store, serving the sample stage's batch
-    store = open_run_store(config.labeling, run_dir.root, batch=run_dir.stage_record("sample")["fingerprint"])
+    # 1. the store, serving the sample stage's batch (people), or this labeling config's own (simulated)
+    sample_batch = run_dir.stage_record("sample")["fingerprint"]
+    if config.labeling.mode == "simulated":
+        people = open_run_store(config.labeling, run_dir.root, batch=sample_batch).rankings()
+        if people:
+            raise InputError(f"labeling.mode simulated: the ranking database holds {len(people)} rankings by people of these "
+                             "candidates, which simulated rankings would replace in the export; keep labeling.mode human "
+                             "(people's rankings are never thrown away), or give labeling.database a new database")
+        store = open_run_store(config.labeling, run_dir.root, batch=simulated_batch(sample_batch, run_dir.stage_record(stage)["fingerprint"]))
+        store.import_records(read_jsonl(run_dir.stage_dir("sample") / "candidates.jsonl"), "candidates.jsonl")
+    else:
+        store = open_run_store(config.labeling, run_dir.root, batch=sample_batch)
     # 2. rankings: from the simulated annotators, or as many as people have made
     metrics = simulate(config, run_dir, store) if config.labeling.mode == "simulated" else {}
     ranked = len(store.rankings())

@@ -2,6 +2,8 @@
 pretraining mix off (ppo.ptx_coef = 0), enabled by eval.compare_without_ptx, so that the eval stage can
 show what the ptx term saves (InstructGPT's "PPO" against "PPO-ptx")."""
 
+from dataclasses import replace
+
 from common.config import Config
 from common.graph import StageDeclaration
 from common.inputs import require_dataset, require_model_dir
@@ -26,22 +28,17 @@ DECLARATION = StageDeclaration(
     name="ppo",
     entry="stages.ppo.stage:ppo",
     inputs=("sft", "rm"),
-    config_keys=("world", "data.pretrain", "ppo"),
+    config_keys=("world", "model.tokenizer", "data.pretrain", "ppo"),
     outputs=("model", "final"),
     headline=("ppo/best_validation_score",),
     input_replaced=_input_replaced,
     check_inputs=check_inputs,
 )
 
-NO_PTX_DECLARATION = StageDeclaration(
+# the same stage with the pretraining mix off, enabled by eval.compare_without_ptx
+NO_PTX_DECLARATION = replace(
+    DECLARATION,
     name="ppo_no_ptx",
-    entry="stages.ppo.stage:ppo",
-    inputs=("sft", "rm"),
-    config_keys=("world", "data.pretrain", "ppo"),
-    outputs=("model", "final"),
-    headline=("ppo/best_validation_score",),
     enabled=lambda config: config.eval.compare_without_ptx,
-    input_replaced=_input_replaced,
     config_view=without_ptx,
-    check_inputs=check_inputs,
 )

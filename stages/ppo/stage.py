@@ -18,7 +18,8 @@ import shutil
 from common.config import Config
 from common.errors import InputError
 from common.run_dir import RunDir
-from stages.data.datasets import make_world, pretraining_text, prompts_from_file
+from stages.data.datasets import make_world, pretraining_text
+from stages.data.files import prompts_from_file
 from stages.models.loading import (
     check_model_dir,
     load_tokenizer,

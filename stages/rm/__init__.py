@@ -25,7 +25,7 @@ DECLARATION = StageDeclaration(
     name="rm",
     entry="stages.rm.stage:rm",
     inputs=("sft", "label"),
-    config_keys=("world", "data.sft", "data.mixture", "data.rankings", "rm"),
+    config_keys=("world", "model.tokenizer", "data.sft", "data.mixture", "data.rankings", "rm"),
     outputs=("model",),
     headline=("rm/heldout_accuracy",),
     input_replaced=lambda config, name: name == "sft" and config.rm.model is not None,

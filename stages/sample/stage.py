@@ -19,7 +19,8 @@ from common.config import Config
 from common.files import atomic_write_jsonl
 from common.run_dir import RunDir
 from labeling_ui.store import open_run_store
-from stages.data.datasets import make_world, prompts_from_file
+from stages.data.datasets import make_world
+from stages.data.files import prompts_from_file
 from stages.models.loading import check_model_dir, load_tokenizer
 from stages.runtime.lifecycle import StageResult
 from stages.runtime.ray_workers import map_on_workers

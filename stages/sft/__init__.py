@@ -1,6 +1,8 @@
 """Stage `sft` (stage.py) and the comparison stages `sft_lora`, `sft_bitune`, `sft_cmlm`: the same body
 with another method (eval.compare_sft_methods), for the eval stage's comparison."""
 
+from dataclasses import replace
+
 from common.config import SFT_COMPARED_METHODS, Config
 from common.graph import StageDeclaration
 from common.inputs import require_dataset, require_model_dir
@@ -55,17 +57,14 @@ DECLARATION = StageDeclaration(
 
 
 def method_declaration(method: str) -> StageDeclaration:
-    return StageDeclaration(
+    """Stage sft_<method>: `sft`'s body on the config with_method gives, enabled by eval.compare_sft_methods."""
+    return replace(
+        DECLARATION,
         name=f"sft_{method}",
-        entry="stages.sft.stage:sft",
-        inputs=("pretrain",),
-        config_keys=CONFIG_KEYS,
-        outputs=("model",),
-        headline=("heldout_exact_match",),
         enabled=lambda config: method in config.eval.compare_sft_methods,
         ignored=lambda config: _METHOD_IGNORED[method],
         config_view=lambda config: with_method(config, method),
-        check_inputs=check_inputs,
+        summary=lambda metrics: [],  # `sft` reports the held-out figures of the shared base once
     )
 
 

@@ -18,9 +18,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from common.files import read_jsonl
-from stages.scoring.evaluation import generate
 from stages.models.loading import load_tokenizer
 from stages.models.reward_model import reward_text, score_texts
+from stages.scoring.evaluation import generate
 from tiny_world import TinyWorld
 from tiny_world.tasks import WORDS
 
@@ -364,7 +364,7 @@ def test_human_labeling_pauses_the_run_until_enough_rankings_are_in(zero3_run, t
     from gradio_client import Client
 
     from labeling_ui.cli import run_store
-    from labeling_ui.server_process import ServerProcess
+    from labeling_ui.testing import ServerProcess
 
     source, _ = zero3_run
     run_dir = tmp_path / "run"

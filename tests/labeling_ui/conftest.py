@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from labeling_ui.server_process import ServerProcess
+from labeling_ui.testing import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
@@ -28,8 +28,8 @@ def candidate_records(n: int, k: int = 4) -> list[dict]:
 def run_dir(tmp_path):
     """A run directory with 30 prompts of 4 candidates, each to be ranked by two annotators (overlap
     1.0), two annotators and an admin."""
-    from labeling_ui.cli import run_store
     from common.config import dump_config, load_config
+    from labeling_ui.cli import run_store
 
     run = tmp_path / "run"
     run.mkdir()

@@ -51,3 +51,34 @@ def test_snapshots_are_immutable_and_a_new_one_appears_only_when_the_data_change
     second = export_snapshot(ranked_store, tmp_path / "exports")
     assert second != first and json.loads((second / "manifest.json").read_text())["counts"]["rankings"] == 7
     assert json.loads((first / "manifest.json").read_text())["counts"]["rankings"] == 6
+
+
+def test_the_same_rankings_submitted_in_another_order_export_the_same_files(tmp_path):
+    """Concurrent annotators submit in a different order in every run, under random assignment ids and at
+    other times; the exported files may follow none of it, or two identical pipeline runs train
+    different reward models."""
+    records = [{"prompt_id": f"p{i}", "prompt": f"Q: {i}?\nA: ",
+                "candidates": [{"id": f"c{j + 1}", "text": f"answer {i}.{j} é", "policy": "sft"} for j in range(3)]}
+               for i in range(4)]
+
+    def tiers(name: str, prompt: str) -> list[list[str]]:
+        ids = ["c1", "c2", "c3"]
+        shift = (int(prompt[-1]) + len(name)) % 3
+        return [[c] for c in ids[shift:] + ids[:shift]]
+
+    def export(folder: str, names: list[str], turns: list[str]) -> tuple[str, str, dict]:
+        store = LabelStore(sqlite_url(tmp_path / f"{folder}.db"), overlap_fraction=1.0)
+        store.import_records(records)
+        users = {name: store.add_user(name, "annotator", "password1") for name in names}
+        for name in turns:  # one submission per turn, in this order
+            task = store.next_task(users[name])
+            prompt = next(r["prompt_id"] for r in records if r["prompt"] == task.prompt)
+            store.submit(users[name], task.assignment_id, tiers(name, prompt), {c: 4 for c, _ in task.candidates})
+        snapshot = export_snapshot(store, tmp_path / folder)
+        manifest = json.loads((snapshot / "manifest.json").read_text())
+        del manifest["created_at"]
+        return (snapshot / "rankings.jsonl").read_text(), (snapshot / "pairs.jsonl").read_text(), manifest
+
+    one_after_the_other = export("a", ["ann", "bob"], ["ann"] * 4 + ["bob"] * 4)
+    interleaved = export("b", ["bob", "ann"], ["bob", "ann"] * 4)
+    assert one_after_the_other == interleaved

@@ -183,3 +183,18 @@ def test_a_batch_is_served_and_exported_apart_from_another(tmp_path):
         second.submit(ann, task.assignment_id, **full_submission(task))
     assert len(second.rankings()) == 3 and first.rankings() == []
     assert first.next_task(ann) is not None  # batch one's prompts are still open
+
+
+def test_a_changed_overlap_fraction_applies_to_prompts_imported_under_the_old_one(tmp_path, store):
+    # before, the overlap flag was fixed when the sample stage imported the candidates, so a changed
+    # labeling.overlap_fraction was silently ignored
+    ada, bob = store.add_user("ada", "annotator", "password-a"), store.add_user("bob", "annotator", "password-b")
+    first = store.next_task(ada)
+    store.submit(ada, first.assignment_id, **full_submission(first), idempotency_key="a1")
+    assert store.next_task(bob).prompt != first.prompt  # no overlap: every prompt once
+    wider = LabelStore(sqlite_url(tmp_path / "labels.db"), overlap_fraction=1.0)
+    assert wider.apply_overlap_fraction() == 6 and wider.apply_overlap_fraction() == 0
+    assert [e.payload for e in wider.events() if e.type == "overlap"] == [{"overlap_fraction": 1.0, "prompts_changed": 6}]
+    assert wider.coverage()["prompts"] == 6
+    carol = wider.add_user("carol", "annotator", "password-c")
+    assert wider.next_task(carol).prompt == first.prompt  # a ranked prompt now wants its second ranking first

@@ -77,3 +77,55 @@ def test_sft_methods_rerun_only_on_the_keys_they_read():
 def test_policies_given_as_paths_replace_the_sft_input():
     config = load_config(None, ["sample.policies={a: /models/a}", "rm.model=/models/rm"])
     assert inputs_of("sample", config) == [] and inputs_of("rm", config) == ["label"]
+
+
+# how a stage is placed, not what it computes: read by every stage, in no fingerprint (see common/graph.py)
+PLACEMENT = ("run.torch_threads", "ray", "deepspeed")
+
+
+def config_reads(package: str) -> set[str]:
+    """Dotted config keys the modules of stages/<package>/ read: attribute chains on `config` (or
+    `spec.config`, `self.config`), as far as they go, e.g. config.labeling.mode -> labeling.mode. The
+    declaration (__init__.py) is left out: when a stage is enabled is no part of what it computes."""
+    import ast
+    from pathlib import Path
+
+    reads = set()
+    for path in (Path(__file__).resolve().parents[2] / "stages" / package).glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            chain, inner = [], node
+            while isinstance(inner, ast.Attribute):
+                chain.append(inner.attr)
+                inner = inner.value
+            chain.reverse()
+            if isinstance(inner, ast.Name) and inner.id == "config":
+                keys = chain
+            elif isinstance(inner, ast.Name) and inner.id in ("spec", "self") and chain[:1] == ["config"]:
+                keys = chain[1:]
+            else:
+                continue
+            if keys and keys[-1] not in ("model_copy", "model_dump"):
+                reads.add(".".join(keys))
+    # an outer chain (config.labeling.mode) also walks its inner ones (config.labeling): keep the longest
+    return {r for r in reads if not any(o.startswith(r + ".") for o in reads)}
+
+
+def covered(read: str, keys: tuple[str, ...]) -> bool:
+    return any(read == k or read.startswith(k + ".") or k.startswith(read + ".") for k in keys)
+
+
+def test_each_stage_declares_every_config_key_its_code_reads():
+    # the fingerprint hashes the declared keys: a key read but not declared would be a change that
+    # reruns nothing (the stale-rankings bug of the hand-kept list)
+    from common.graph import COMMON_KEYS
+
+    for declared in GRAPH.stages:
+        package = declared.entry.split(":")[0].split(".")[1]
+        reads = config_reads(package)
+        assert reads, package  # the scan sees the stage's code
+        undeclared = sorted(read for read in reads if not covered(read, declared.config_keys + COMMON_KEYS + PLACEMENT))
+        assert not undeclared, f"stage {declared.name} reads {undeclared} but does not declare them"

@@ -1,5 +1,6 @@
-"""`rlhf label serve` as a child process in its own process group, for tests and benchmarks that
-need the real server: started, waited for until it answers, and stopped by its process group."""
+"""For tests and benchmarks only, never the product: `rlhf label serve` as a child process in its own
+process group, for the ones that need the real server: started, waited for until it answers, and
+stopped by its process group."""
 
 from __future__ import annotations
 

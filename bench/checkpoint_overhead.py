@@ -1,6 +1,6 @@
 """The cost of resumable checkpoints: the SFT stage of the embedded default run twice from the same
 pretrained base, with checkpoints at the configured interval and with none, each a real
-`python -m stages.sft.stage` on Ray + DeepSpeed. Prints the training time of each (HF's train_runtime,
+`python -m stages.sft` on Ray + DeepSpeed. Prints the training time of each (HF's train_runtime,
 without Ray's start-up) and the overhead (goal: under 5% of stage time).
 
     python -m bench.checkpoint_overhead --base runs/tiny/pretrain/model [--set sft.max_steps=200 ...]
@@ -21,7 +21,7 @@ from common.config import load_config
 
 
 def train_runtime(run_dir: Path, overrides: list[str]) -> tuple[float, int]:
-    command = [sys.executable, "-m", "stages.sft.stage", "--run-dir", str(run_dir), *sum((["--set", s] for s in overrides), [])]
+    command = [sys.executable, "-m", "stages.sft", "--run-dir", str(run_dir), *sum((["--set", s] for s in overrides), [])]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     runtime = float(re.findall(r"'train_runtime': '([0-9.]+)'", output)[-1])
     checkpoints = len(list((run_dir / "sft" / "checkpoints").glob("checkpoint-*")))

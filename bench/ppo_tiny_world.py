@@ -1,6 +1,6 @@
 """What PPO does on the tiny world, and what the ptx term saves: three PPO runs from a finished
 pipeline run's SFT policy and reward model (PPO-ptx as configured, the same with ptx off, and the
-oracle control rewarded by the world's true score), each a real `python -m stages.ppo.stage` on Ray +
+oracle control rewarded by the world's true score), each a real `python -m stages.ppo` on Ray +
 DeepSpeed, then the eval stage on SFT and the three policies: one table of held-out figures (prompts
 the reward model never saw).
 
@@ -36,14 +36,14 @@ def main() -> None:
     base = ["--config", str(source / "config.yaml"), "--set", f"ppo.actor={source / 'sft' / 'model'}",
             "--set", f"ppo.reward_model={source / 'rm' / 'model'}"]
     for name, overrides in VARIANTS.items():
-        command = [sys.executable, "-m", "stages.ppo.stage", "--run-dir", str(out / name), *base,
+        command = [sys.executable, "-m", "stages.ppo", "--run-dir", str(out / name), *base,
                    *sum((["--set", s] for s in [*args.set, *overrides]), [])]
         print(f"[bench] {name}: {' '.join(command[1:4])} ...", flush=True)
         subprocess.run(command, check=True)
     # the eval stage on the four policies, judged as the pipeline judges them
     policies = {"sft": source / "sft" / "model", **{name: out / name / "ppo" / "model" for name in VARIANTS}}
     mapping = "{" + ", ".join(f"{name}: {path}" for name, path in policies.items()) + "}"
-    subprocess.run([sys.executable, "-m", "stages.eval.stage", "--run-dir", str(out / "eval"), "--config", str(source / "config.yaml"),
+    subprocess.run([sys.executable, "-m", "stages.eval", "--run-dir", str(out / "eval"), "--config", str(source / "config.yaml"),
                     "--set", f"eval.policies={mapping}", "--set", f"eval.reward_model={source / 'rm' / 'model'}"], check=True)
     results = json.loads((out / "eval" / "eval" / "policies.json").read_text())
     iterations = {name: json.loads((out / name / "manifest.json").read_text())["stages"]["ppo"]["metrics"]["ppo/iterations"]

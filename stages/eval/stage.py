@@ -48,7 +48,7 @@ STAGE = "eval"
 JUDGES = ("rm", "heldout_rm")  # figure prefixes of the trained and the held-out reward model
 
 
-def policy_dirs(config: Config, run_dir: RunDir) -> dict[str, Path]:
+def evaluated_policies(config: Config, run_dir: RunDir) -> dict[str, Path]:
     """name -> model directory of every policy to evaluate; 'sft' is the baseline."""
     if config.eval.policies is not None:
         return {name: check_model_dir(path, f"eval.policies.{name}") for name, path in config.eval.policies.items()}
@@ -111,7 +111,7 @@ def evaluate(config: Config, run_dir: RunDir, resume: bool, stage: str) -> Stage
     from transformers import PreTrainedModel
 
     # 1. setup: the prompts (and their tiny-world tasks), the held-out text, the policies and judges
-    dirs, judges = policy_dirs(config, run_dir), judge_dirs(config, run_dir)
+    dirs, judges = evaluated_policies(config, run_dir), judge_dirs(config, run_dir)
     tokenizer = load_tokenizer(dirs["sft"])
     if config.eval.prompts is None:
         world = make_world(config.world)

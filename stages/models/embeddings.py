@@ -10,7 +10,6 @@ Shapes: B texts in a batch, T tokens, d hidden size.
 
 import importlib
 import json
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -166,37 +165,3 @@ def mmr(embeddings: Tensor, query: Tensor, k: int, diversity: float = 0.5) -> li
         sim = e @ e[nxt]
         redundancy = sim if redundancy is None else torch.maximum(redundancy, sim)
     return chosen
-
-
-def fine_tune(
-    embedder: InstructionEmbedder,
-    batches: Iterable[tuple[str, list[str], str, list[str], list[str]]],
-    lr: float = 2e-5,
-    temperature: float = 0.1,
-    steps: int | None = None,
-) -> list[float]:
-    """Contrastive fine-tune with AdamW on (instr_q, q_texts, instr_d, pos_texts, neg_texts) batches.
-
-    Each batch must come from one task (one query and one document instruction), as INSTRUCTOR requires,
-    since in-batch negatives from another task would be trivially easy. Returns the loss of each step.
-    """
-    optimizer = torch.optim.AdamW(embedder.model.parameters(), lr=lr)
-    embedder.model.train()
-    losses: list[float] = []
-    try:
-        for instr_q, q_texts, instr_d, pos_texts, neg_texts in batches:
-            if steps is not None and len(losses) >= steps:
-                break
-            if not (isinstance(instr_q, str) and isinstance(instr_d, str)):
-                raise TypeError("each batch must come from one task: give one query and one document instruction (str)")
-            loss = instructor_loss(
-                embedder.forward(q_texts, instr_q), embedder.forward(pos_texts, instr_d),
-                embedder.forward(neg_texts, instr_d), temperature,
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-    finally:
-        embedder.model.eval()
-    return losses

@@ -102,7 +102,11 @@ def score_on_all_ranks(model, tokenizer, texts: list[str], max_length: int, batc
 def _worker(spec: RMTrainingSpec, rank: int) -> None:
     from datasets import Dataset
     from peft import get_peft_model
-    from transformers import AutoModelForSequenceClassification, TrainingArguments
+    from transformers import (
+        AutoModelForSequenceClassification,
+        TrainingArguments,
+        set_seed,
+    )
 
     from stages.models.loading import load_tokenizer, peft_config
     from stages.runtime.hf_trainer import (
@@ -118,6 +122,7 @@ def _worker(spec: RMTrainingSpec, rank: int) -> None:
     # setup: the SFT model with a fresh scalar head, the grouped data
     tokenizer = load_tokenizer(spec.tokenizer)
     load_kwargs = {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
+    set_seed(config.run.seed)  # the fresh score head (and LoRA's A) are the run's, not chance's
     model = AutoModelForSequenceClassification.from_pretrained(spec.init_model, local_files_only=True, **load_kwargs)
     if section.lora is not None:
         model = get_peft_model(model, peft_config(section.lora, task_type="SEQ_CLS"))

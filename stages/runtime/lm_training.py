@@ -46,7 +46,7 @@ def train_lm(spec: LMTrainingSpec) -> Path:
 
 
 def _worker(spec: LMTrainingSpec, rank: int) -> None:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTConfig, SFTTrainer
 
     from stages.models.loading import load_tokenizer, peft_config
@@ -69,6 +69,7 @@ def _worker(spec: LMTrainingSpec, rank: int) -> None:
         dataset_text_field="text",
     )
     tokenizer = load_tokenizer(spec.tokenizer)
+    set_seed(config.run.seed)  # new weights (LoRA's A under peft_config) are the run's, not chance's
     model = AutoModelForCausalLM.from_pretrained(spec.init_model, local_files_only=True)
     trainer = SFTTrainer(
         model=model,

@@ -62,7 +62,7 @@ def diverse_prompts(prompts: list[str], n: int, labeling, seed: int) -> list[int
     return [kept[i] for i in k_center(embeddings[kept], n, seed)]
 
 
-def policy_dirs(config: Config, run_dir: RunDir) -> dict[str, Path]:
+def sampling_policies(config: Config, run_dir: RunDir) -> dict[str, Path]:
     if config.sample.policies is None:
         return {"sft": run_dir.model_dir("sft")}
     return {name: check_model_dir(path, f"sample.policies.{name}") for name, path in config.sample.policies.items()}
@@ -89,7 +89,7 @@ def sample_candidates(shard: tuple[int, list[str]], model_dir: str, k: int, temp
 def sample(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult:
     s = config.sample
     # 1. prompts, split into one shard per worker; the policies
-    policies = policy_dirs(config, run_dir)
+    policies = sampling_policies(config, run_dir)
     prompts, tasks = prompts_to_sample(config, load_tokenizer(next(iter(policies.values()))))
     workers = config.ray.num_workers
     shards = [(i, prompts[i::workers]) for i in range(workers)]

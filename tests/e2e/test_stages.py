@@ -17,9 +17,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from common.config import load_config
 from common.files import read_jsonl
 from stages.models.loading import load_tokenizer
 from stages.models.reward_model import reward_text, score_texts
+from stages.registry import GRAPH
 from stages.scoring.evaluation import generate
 from tiny_world import TinyWorld
 from tiny_world.tasks import WORDS
@@ -73,6 +75,25 @@ def zero3_run(tmp_path_factory):
     return run_dir, result.stdout
 
 
+def test_two_runs_from_scratch_end_at_identical_weights_in_every_stage(zero3_run, tmp_path):
+    """The same config and seed twice, each from an empty run directory: every stage's model is the same
+    to the bit (before the fix the reward model, and so PPO, differed: the label stage's rankings, and
+    the reward model's fresh score head, were not the run's alone)."""
+    first, _ = zero3_run
+    second = tmp_path / "run"
+    run(["-m", "pipeline", "run", "--run-dir", str(second), "--set", "deepspeed.zero_stage=3", *sum((["--set", s] for s in QUICK), [])])
+    compared = []
+    for stage in GRAPH.enabled(load_config(None, QUICK)):
+        if (first / stage.name / "model").is_dir():
+            ours, theirs = weights(first / stage.name / "model"), weights(second / stage.name / "model")
+            assert ours.keys() == theirs.keys(), stage.name
+            different = [name for name in ours if not torch.equal(ours[name], theirs[name])]
+            assert not different, f"{stage.name}: {different[:3]}"
+            compared.append(stage.name)
+    assert compared == ["pretrain", "sft", "rm", "ppo", "ppo_no_ptx"]
+    assert read_jsonl(first / "label" / "rankings.jsonl") == read_jsonl(second / "label" / "rankings.jsonl")
+
+
 def test_zero3_sft_model_loads_generates_and_beats_base(zero3_run):
     run_dir, stdout = zero3_run
     manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
@@ -106,8 +127,8 @@ def test_resume_of_a_finished_run_reruns_nothing_and_status_shows_it(zero3_run):
     run_dir, _ = zero3_run
     before = (run_dir / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
     again = run(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--resume", "--set", "deepspeed.zero_stage=3", *sum((["--set", s] for s in QUICK), [])])
-    for stage in ("pretrain", "sft", "sample", "label", "rm", "ppo", "ppo_no_ptx", "eval"):
-        assert f"{stage}: done with this config, skipped" in again.stdout
+    for stage in GRAPH.enabled(load_config(None, QUICK)):
+        assert f"{stage.name}: done with this config, skipped" in again.stdout
     assert (run_dir / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == before
     refused = run(["-m", "pipeline", "run", "--run-dir", str(run_dir)], check=False)
     assert refused.returncode == 2 and "already holds a run; pass --resume" in refused.stderr
@@ -163,7 +184,7 @@ def test_lora_reward_model_learns_a_trivial_preference_from_a_rankings_file(zero
                                 "ranking": [["c0", "c1"], ["c2", "c3"]], "annotator_id": "a"}) + "\n")
     overrides = [*QUICK, "deepspeed.zero_stage=3", f"data.rankings.path={tmp_path / 'period.jsonl'}", "rm.lora.r=8",
                  "rm.lr=2e-3", "ray.max_failures=1"]
-    run(["-m", "stages.rm.stage", "--run-dir", str(run_dir), *sum((["--set", s] for s in overrides), [])], env={"RLHF_FAULT_AT_STEP": "15"})
+    run(["-m", "stages.rm", "--run-dir", str(run_dir), *sum((["--set", s] for s in overrides), [])], env={"RLHF_FAULT_AT_STEP": "15"})
     assert (run_dir / "rm" / "fault_injected").exists()
     rm = json.loads((run_dir / "manifest.json").read_text())["stages"]["rm"]
     assert rm["status"] == "done" and rm["outputs"] == {"model": "rm/model", "adapter": "rm/adapter"}
@@ -218,7 +239,7 @@ def test_eval_of_models_on_disk_on_a_prompt_file_judged_by_two_reward_models(zer
     text = tmp_path / "text.jsonl"
     text.write_text("".join(json.dumps({"text": t}) + "\n" for t in TinyWorld(seed=7).corpus(20, split="heldout")))
     out = tmp_path / "eval-run"
-    run(["-m", "stages.eval.stage", "--run-dir", str(out), "--set", f"eval.prompts.path={prompts}", "--set", "eval.max_prompts=20",
+    run(["-m", "stages.eval", "--run-dir", str(out), "--set", f"eval.prompts.path={prompts}", "--set", "eval.max_prompts=20",
          "--set", f"eval.heldout_text.path={text}", "--set", f"eval.policies={{sft: {run_dir / 'sft' / 'model'}, "
          f"ppo: {run_dir / 'ppo' / 'model'}}}", "--set", f"eval.reward_model={run_dir / 'rm' / 'model'}",
          "--set", f"eval.heldout_reward_model={run_dir / 'rm' / 'model'}"])
@@ -259,7 +280,7 @@ def test_bitune_and_cmlm_train_under_zero3_on_a_mixture_and_evaluate_beside_sft(
     evaluated = tmp_path / "eval-run"
     policies = f"eval.policies={{sft: {run_dir / 'sft' / 'model'}, bitune: {out / 'sft_bitune' / 'model'}, " \
                f"cmlm: {out / 'sft_cmlm' / 'model'}}}"
-    run(["-m", "stages.eval.stage", "--run-dir", str(evaluated), "--set", policies, "--set", f"eval.reward_model={run_dir / 'rm' / 'model'}",
+    run(["-m", "stages.eval", "--run-dir", str(evaluated), "--set", policies, "--set", f"eval.reward_model={run_dir / 'rm' / 'model'}",
          "--set", "world.eval_per_family=5", "--set", "eval.corpus_docs=8"])
     policies = json.loads((evaluated / "eval" / "policies.json").read_text())
     assert sorted(policies) == ["bitune", "cmlm", "sft"]
@@ -335,7 +356,7 @@ def test_lora_sft_on_local_files_survives_a_killed_worker(zero3_run, tmp_path):
         "sft.lr=5e-3",
         "ray.max_failures=1",
     ]
-    run_args = ["-m", "stages.sft.stage", "--run-dir", os.path.relpath(run_dir, REPO), *sum((["--set", s] for s in overrides), [])]
+    run_args = ["-m", "stages.sft", "--run-dir", os.path.relpath(run_dir, REPO), *sum((["--set", s] for s in overrides), [])]
     run(run_args, env={"RLHF_FAULT_AT_STEP": "20"})
     assert (run_dir / "sft" / "fault_injected").exists()
     steps = [r["step"] for r in read_jsonl(run_dir / "sft" / "metrics.jsonl") if "train/loss" in r]
@@ -416,7 +437,7 @@ def test_bad_inputs_exit_2_before_training_and_nothing_is_marked_done(zero3_run,
     tokenizer.save_pretrained(tmp_path / "nopad")
     overrides = [o.format(base=base, nopad=tmp_path / "nopad") for o in overrides]
     run_dir = tmp_path / "bad"
-    result = run(["-m", "stages.sft.stage", "--run-dir", str(run_dir), *sum((["--set", s] for s in overrides), [])], check=False)
+    result = run(["-m", "stages.sft", "--run-dir", str(run_dir), *sum((["--set", s] for s in overrides), [])], check=False)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
     assert json.loads((run_dir / "manifest.json").read_text())["stages"]["sft"]["status"] == "failed"
@@ -424,6 +445,6 @@ def test_bad_inputs_exit_2_before_training_and_nothing_is_marked_done(zero3_run,
 
 
 def test_sft_needs_its_inputs_done(tmp_path):
-    result = run(["-m", "stages.sft.stage", "--run-dir", str(tmp_path / "empty")], check=False)
+    result = run(["-m", "stages.sft", "--run-dir", str(tmp_path / "empty")], check=False)
     assert result.returncode == 2
     assert "stage sft needs stage pretrain done with this config" in result.stderr

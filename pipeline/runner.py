@@ -182,7 +182,7 @@ def print_summary(run: RunDir, stages: list[str]) -> None:
         if record.get("status") != DONE:
             continue
         for output, path in record.get("outputs", {}).items():
-            print(f"  {name:<9} {output:<8} {run.root / path}")
+            print(f"  {name:<10} {output:<10} {run.root / path}")
     for name in stages:
         record = manifest.get(name, {})
         if record.get("status") == DONE:

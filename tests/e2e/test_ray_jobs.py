@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from .conftest import REPO, run_python
+
 pytestmark = pytest.mark.slow
 
 QUICK_SFT = ["world.demonstrations=600", "sft.max_steps=20", "sft.checkpoint_every=10", "sft.pretrain_mix=0"]
@@ -70,10 +71,7 @@ def ray_head(tmp_path_factory):
 
 
 def rlhf(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"rlhf {args} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
+    return run_python(["-m", "pipeline", *args], check=check)
 
 
 @pytest.fixture(scope="module")

@@ -72,19 +72,22 @@ def zero3_run(tmp_path_factory):
 def test_two_runs_from_scratch_end_at_identical_weights_in_every_stage(zero3_run, tmp_path):
     """The same config and seed twice, each from an empty run directory: every stage's output is the
     same to the bit (before the fix the reward model, and so PPO, differed from run to run). The second
-    run stops after ppo: ppo_no_ptx is ppo's trainer again, and eval trains nothing."""
+    run stops after rm, to save CI the time: that PPO on the same models repeats to the bit is shown by
+    test_driver_killed_during_sft_and_during_ppo_resumes_to_the_uninterrupted_weights (two runs)."""
     first, _ = zero3_run
     second = tmp_path / "run"
-    stages = ["pretrain", "sft", "sample", "label", "rm", "ppo"]
+    stages = ["pretrain", "sft", "sample", "label", "rm"]
     run(["-m", "pipeline", "run", "--run-dir", str(second), "--stages", ",".join(stages), "--set", "deepspeed.zero_stage=3",
          *sum((["--set", s] for s in QUICK), [])])
     assert read_jsonl(first / "sample" / "candidates.jsonl") == read_jsonl(second / "sample" / "candidates.jsonl")
     assert read_jsonl(first / "label" / "rankings.jsonl") == read_jsonl(second / "label" / "rankings.jsonl")
-    for stage in ("pretrain", "sft", "rm", "ppo"):
+    for stage in ("pretrain", "sft", "rm"):
         ours, theirs = weights(first / stage / "model"), weights(second / stage / "model")
         assert ours.keys() == theirs.keys(), stage
         different = [name for name in ours if not torch.equal(ours[name], theirs[name])]
         assert not different, f"{stage}: {different[:3]}"
+    bias = [json.loads((run_dir / "rm" / "model" / "config.json").read_text())["reward_bias"] for run_dir in (first, second)]
+    assert bias[0] == bias[1]
 
 
 def test_zero3_sft_model_loads_generates_and_beats_base(zero3_run):

@@ -12,7 +12,9 @@ def status_rows(run_dir: str) -> list[dict[str, str]]:
     if not run.manifest_path.exists():
         raise InputError(f"{run.manifest_path} does not exist; is {run_dir} a run directory?")
     rows = []
-    for name, record in run.read_manifest()["stages"].items():
+    recorded = run.read_manifest()["stages"]
+    for name in sorted(recorded, key=lambda n: GRAPH.names.index(n) if n in GRAPH.names else len(GRAPH.names)):
+        record = recorded[name]
         duration = ""
         if "started_at" in record and "finished_at" in record:
             duration = f"{record['finished_at'] - record['started_at']:.0f} s"

@@ -25,7 +25,7 @@ EVAL_COLUMNS = ("true_score", "win_rate_vs_sft", "win_rate_low", "win_rate_high"
 
 def _stage_rows(stages: dict[str, dict]) -> list[dict[str, Any]]:
     rows = []
-    for name in stages:  # the manifest lists stages in the order they first ran
+    for name in sorted(stages, key=lambda n: stages[n].get("started_at", float("inf"))):  # in the order they ran
         record = stages[name]
         duration = record["finished_at"] - record["started_at"] if "finished_at" in record and "started_at" in record else None
         rows.append({"stage": name, "status": record.get("status"), "duration_s": duration, "job_id": record.get("job_id")})

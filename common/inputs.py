@@ -24,6 +24,16 @@ def require_model_dir(path: str | Path | None, key: str) -> None:
         raise InputError(f"{key}: {path} has no config.json; expected a model saved with save_pretrained")
 
 
+def require_tokenizer_dir(path: str | Path | None, key: str) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{key}: tokenizer directory {path} does not exist (nothing is downloaded: give a local path)")
+    if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise InputError(f"{key}: {path} has no tokenizer.json or tokenizer_config.json; expected a tokenizer saved with save_pretrained")
+
+
 def require_dataset(source: DatasetSource | None, key: str) -> None:
     """The file or save_to_disk directory exists, and a JSON or JSONL file has a record."""
     if source is None:

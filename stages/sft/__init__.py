@@ -5,7 +5,7 @@ from dataclasses import replace
 
 from common.config import SFT_COMPARED_METHODS, Config
 from common.graph import StageDeclaration
-from common.inputs import require_dataset, require_model_dir
+from common.inputs import require_dataset, require_model_dir, require_tokenizer_dir
 
 CONFIG_KEYS = ("model", "world", "data.sft", "data.mixture", "data.pretrain", "sft")
 
@@ -30,7 +30,7 @@ def with_method(config: Config, method: str) -> Config:
 
 def check_inputs(config: Config) -> None:
     require_model_dir(config.model.name_or_path, "model.name_or_path")
-    require_model_dir(config.model.tokenizer, "model.tokenizer")
+    require_tokenizer_dir(config.model.tokenizer, "model.tokenizer")
     require_dataset(config.data.sft, "data.sft")
     require_dataset(config.data.pretrain, "data.pretrain")
     require_model_dir(config.sft.cmlm.encoder, "sft.cmlm.encoder")

@@ -23,3 +23,16 @@ def test_a_missing_model_directory_is_refused_naming_its_key(tmp_path):
     result = rlhf("run", "--run-dir", str(tmp_path / "run"), "--set", f"ppo.reward_model={tmp_path / 'nowhere'}")
     assert result.returncode == 2
     assert f"ppo.reward_model: model directory {tmp_path / 'nowhere'} does not exist" in result.stderr
+
+
+def test_a_tokenizer_directory_needs_no_model_config(tmp_path):
+    # model.tokenizer names a tokenizer, not a model: its files, not config.json, are what it needs
+    (tmp_path / "tok").mkdir()
+    result = rlhf("run", "--run-dir", str(tmp_path / "run"), "--set", f"model.tokenizer={tmp_path / 'tok'}")
+    assert result.returncode == 2
+    assert f"model.tokenizer: {tmp_path / 'tok'} has no tokenizer.json or tokenizer_config.json" in result.stderr
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    from common.config import load_config
+    from stages.registry import GRAPH
+
+    GRAPH["sft"].check_inputs(load_config(None, [f"model.tokenizer={tmp_path / 'tok'}"]))  # no error

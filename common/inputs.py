@@ -14,24 +14,22 @@ from common.errors import InputError
 MODEL_MARKERS = ("config.json", "adapter_config.json", "bitune.json", "cmlm.json")
 
 
-def require_model_dir(path: str | Path | None, key: str) -> None:
+def _require_saved(path: str | Path | None, key: str, kind: str, markers: tuple[str, ...], expected: str) -> None:
     if path is None:
         return
     path = Path(path)
     if not path.is_dir():
-        raise InputError(f"{key}: model directory {path} does not exist (nothing is downloaded: give a local path)")
-    if not any((path / name).exists() for name in MODEL_MARKERS):
-        raise InputError(f"{key}: {path} has no config.json; expected a model saved with save_pretrained")
+        raise InputError(f"{key}: {kind} directory {path} does not exist (nothing is downloaded: give a local path)")
+    if not any((path / name).exists() for name in markers):
+        raise InputError(f"{key}: {path} has no {expected}; expected a {kind} saved with save_pretrained")
+
+
+def require_model_dir(path: str | Path | None, key: str) -> None:
+    _require_saved(path, key, "model", MODEL_MARKERS, "config.json")
 
 
 def require_tokenizer_dir(path: str | Path | None, key: str) -> None:
-    if path is None:
-        return
-    path = Path(path)
-    if not path.is_dir():
-        raise InputError(f"{key}: tokenizer directory {path} does not exist (nothing is downloaded: give a local path)")
-    if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
-        raise InputError(f"{key}: {path} has no tokenizer.json or tokenizer_config.json; expected a tokenizer saved with save_pretrained")
+    _require_saved(path, key, "tokenizer", ("tokenizer.json", "tokenizer_config.json"), "tokenizer.json or tokenizer_config.json")
 
 
 def require_dataset(source: DatasetSource | None, key: str) -> None:

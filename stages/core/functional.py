@@ -76,7 +76,7 @@ def response_mask_through_eos(responses, eos_token_id):
     """(mask, ended) of sampled responses (B, T): True up to and including each row's first EOS (every
     token when there is none, or when eos_token_id is None); ended (B,) says which rows reached an EOS."""
     if eos_token_id is None:
-        return torch.ones_like(responses, dtype=torch.bool), torch.zeros(responses.shape[0], dtype=torch.bool)
+        return torch.ones_like(responses, dtype=torch.bool), torch.zeros(responses.shape[0], dtype=torch.bool, device=responses.device)
     is_eos = responses == eos_token_id
     eos_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # an EOS strictly earlier in the row
     return ~eos_before, is_eos.any(-1)

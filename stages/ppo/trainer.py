@@ -211,7 +211,8 @@ class PPOTrainer:
         curve beside the reward model's: where they part, PPO games the reward model)."""
         responses = torch.where(batch.response_mask, batch.sequences[:, batch.prompt_length :], self.tokenizer.pad_token_id)
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        return torch.tensor([true_score(self.spec.tasks[p], t.split("\n", 1)[0].strip()) for p, t in zip(prompts, texts)])
+        return torch.tensor([true_score(self.spec.tasks[p], t.split("\n", 1)[0].strip()) for p, t in zip(prompts, texts)],
+                            device=batch.sequences.device)  # beside the reward model's scores, on the rollout's device
 
     @torch.no_grad()
     def scores(self, batch: RolloutBatch, prompts: list[str]) -> torch.Tensor:

@@ -68,6 +68,12 @@ class ModelSection(Section):
         description="transformers config kwargs (with model_type) of the model built when name_or_path is null.",
     )
     lora: LoraSection | None = Field(None, description="Train LoRA adapters through peft instead of all weights.")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "sdpa",
+        description="Attention kernel of every HF model the stages load or build: sdpa (torch's fused attention), "
+        "eager, flash_attention_2 (needs the flash_attn package and a GPU), or auto: flash_attention_2 where it "
+        "imports on CUDA with bf16/fp16, else sdpa.",
+    )
 
 
 class WorldSection(Section):
@@ -439,6 +445,57 @@ class DeepSpeedSection(Section):
         return self
 
 
+class TISSection(Section):
+    mode: Literal["none", "token_truncate", "token_mask"] = Field(
+        "none",
+        description="Truncated importance sampling against the sampler's numerics: none; token_truncate: weight each "
+        "token's surrogate by min(pi_old / pi_rollout, high); token_mask: drop tokens whose ratio leaves [low, high].",
+    )
+    low: float = Field(0.5, gt=0.0, description="Lower bound of the ratio (token_mask).")
+    high: float = Field(5.0, gt=0.0, description="Upper bound (cap) of the ratio.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TISSection:
+        if self.low >= self.high:
+            raise ValueError(f"tis.low ({self.low}) must be below tis.high ({self.high})")
+        return self
+
+
+class RolloutSection(Section):
+    engine: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="What generates for PPO, sample and eval: hf (HF generate on the training workers' models) or vllm "
+        "(vLLM engines as Ray actors, the actor's weights synced to them after every PPO update).",
+    )
+    num_engines: int = Field(1, ge=1, description="vllm: engines (Ray actors); PPO rank r samples on engine r mod num_engines.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per engine (tensor parallel); 1 on CPU.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="vllm: fraction of its GPU an engine takes for weights and KV cache."
+    )
+    enable_prefix_caching: bool = Field(True, description="vllm: reuse KV blocks of shared prompt prefixes (reset after every sync).")
+    max_model_len: int | None = Field(None, ge=8, description="vllm: longest prompt + response; null: the model's positions.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="vllm: the engine's weights; auto: bfloat16 when deepspeed.precision is bf16, else float32."
+    )
+    cpu_kv_cache_gib: float = Field(1.0, gt=0.0, description="vllm on CPU: KV cache size per engine, GiB.")
+    old_logprobs: Literal["trainer", "rollout"] = Field(
+        "trainer",
+        description="Where PPO's log pi_old comes from: trainer (one no-grad forward of the actor after the rollout; "
+        "required with vllm, whose numerics differ) or rollout (the HF generation pass's own logits: exact on CPU fp32, "
+        "one forward cheaper).",
+    )
+    tis: TISSection = Field(default_factory=TISSection)
+    zero3_generation: Literal["gather", "per_layer"] = Field(
+        "gather",
+        description="HF generation under ZeRO-3: gather (the actor's parameters gathered once per rollout; the model "
+        "must fit on one device) or per_layer (gathered layer by layer at every token; for models that do not fit).",
+    )
+    max_engine_restarts: int = Field(2, ge=0, description="vllm: restarts of a dead engine before the stage fails.")
+    request_timeout_s: float = Field(600.0, gt=0.0, description="vllm: longest wait for one generate call.")
+    sync_timeout_s: float = Field(300.0, gt=0.0, description="vllm: longest wait for one weight-sync call.")
+    sync_bucket_mb: float = Field(64.0, gt=0.0, description="vllm: weights sent to the engines per call, MiB.")
+
+
 class RaySection(Section):
     address: str | None = Field(None, description="Ray cluster or job server address; null: a local Ray for the run.")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks) per training stage.")
@@ -447,6 +504,9 @@ class RaySection(Section):
         default_factory=lambda: {"CPU": 1.0}, description="Ray resources each worker reserves."
     )
     max_failures: int = Field(0, ge=-1, description="Worker-group restarts from the latest checkpoint (-1: unlimited).")
+    collective_timeout_s: int = Field(
+        1800, ge=10, description="Longest wait of a collective (all-reduce, barrier) before the worker group fails."
+    )
 
 
 class Config(Section):
@@ -461,6 +521,7 @@ class Config(Section):
     rm: RMSection = Field(default_factory=RMSection)
     ppo: PPOSection = Field(default_factory=PPOSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     ray: RaySection = Field(default_factory=RaySection)
 
@@ -482,6 +543,17 @@ class Config(Section):
             raise ValueError("ppo.lora: LoRA on the actor runs under deepspeed.zero_stage 0-2")
         if ppo.lora is not None and (ppo.ema_decay is not None or ppo.reference is not None):
             raise ValueError("ppo.lora: the reference is the actor without adapters; drop ppo.reference and ppo.ema_decay")
+        rollout = self.rollout
+        if rollout.engine == "vllm" and rollout.old_logprobs == "rollout":
+            raise ValueError("rollout.old_logprobs 'rollout' takes pi_old from HF's generation pass; with rollout.engine "
+                             "vllm use 'trainer' (vLLM's numerics differ from the trainer's)")
+        if rollout.tis.mode != "none" and (rollout.engine != "vllm" or rollout.old_logprobs != "trainer"):
+            raise ValueError("rollout.tis corrects for a sampler other than the trainer: it needs rollout.engine vllm "
+                             "(and old_logprobs trainer)")
+        if rollout.engine == "vllm" and ppo.lora is not None:
+            raise ValueError("ppo.lora with rollout.engine vllm is not supported: use rollout.engine hf")
+        if rollout.tensor_parallel_size > 1 and not self.ray.use_gpu:
+            raise ValueError("rollout.tensor_parallel_size > 1 needs GPUs (ray.use_gpu true)")
         return self
 
 

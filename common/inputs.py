@@ -41,3 +41,15 @@ def require_dataset(source: DatasetSource | None, key: str) -> None:
         raise InputError(f"{key}.path: {path} does not exist")
     if path.is_file() and path.suffix in (".jsonl", ".json") and not path.read_text().strip():
         raise InputError(f"{key}.path: {path} is empty; expected records")
+
+
+def require_causal_lm_for_vllm(path: str | Path | None, key: str) -> None:
+    """rollout.engine vllm serves plain causal LMs saved with their tokenizer (vLLM reads both from one
+    directory); a Bitune or cmlm model, or a bare LoRA adapter, it cannot."""
+    if path is None:
+        return
+    path = Path(path)
+    other = [name for name in MODEL_MARKERS[1:] if (path / name).exists()]
+    if other:
+        raise InputError(f"{key}: {path} holds {other[0]}, which vLLM cannot serve; use rollout.engine hf for it")
+    require_tokenizer_dir(path, key)

@@ -108,12 +108,13 @@ def gae(rewards, values, response_mask, gamma=1.0, gae_lambda=0.95):
 # ---------------------------------------------------------------------------
 
 
-def policy_loss(logprobs, old_logprobs, advantages, response_mask, clip_eps=0.2):
+def policy_loss(logprobs, old_logprobs, advantages, response_mask, clip_eps=0.2, token_weights=None):
     """Clipped surrogate loss (Schulman et al. 2017, arXiv:1707.06347, Eq. 7; spec §4 item 5).
 
     logprobs: (B, T) log pi_theta (with grad); old_logprobs: (B, T) log pi_old at rollout;
     advantages: (B, T), usually whitened; response_mask: (B, T) bool.
-    loss = masked_mean(max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps))), a token mean.
+    loss = masked_mean(max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps))), a token mean; with token_weights
+    (detached, e.g. truncated importance weights), each token's term is multiplied by its weight.
     Returns (loss, metrics) with detached scalars:
       clipfrac: fraction of real tokens where the clipped term is the active (larger) one;
       approx_kl: 0.5 * mean((log pi_theta - log pi_old)^2), the k2 estimate of KL(old || new).
@@ -122,13 +123,37 @@ def policy_loss(logprobs, old_logprobs, advantages, response_mask, clip_eps=0.2)
     ratio = torch.exp(log_ratio)
     pg_loss1 = -advantages * ratio
     pg_loss2 = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(pg_loss1, pg_loss2), response_mask)
+    per_token = torch.maximum(pg_loss1, pg_loss2)
+    if token_weights is not None:
+        per_token = per_token * token_weights
+    loss = masked_mean(per_token, response_mask)
     with torch.no_grad():
         metrics = {
             "clipfrac": masked_mean((pg_loss2 > pg_loss1).float(), response_mask),
             "approx_kl": 0.5 * masked_mean(log_ratio**2, response_mask),
         }
     return loss, metrics
+
+
+def truncated_importance_weights(old_logprobs, rollout_logprobs, response_mask, mode="none", low=0.5, high=5.0):
+    """Truncated importance sampling against the sampler's numerics (spec rollout_engines 2.4): the rollout
+    came from pi_rollout (vLLM), PPO's ratio is taken against pi_old (the actor's own forward), so each
+    token's surrogate is weighted by w = pi_old / pi_rollout, detached.
+
+    token_truncate: w = min(w, high), every token kept; token_mask: w = 1, tokens with w outside
+    [low, high] dropped from the mask; none: w = 1. Returns (weights, mask, is_clipfrac), the last the
+    fraction of real tokens whose ratio was capped or dropped.
+    """
+    ratio = torch.exp(old_logprobs - rollout_logprobs).detach()
+    if mode == "token_truncate":
+        outside = ratio > high
+        return ratio.clamp(max=high), response_mask, masked_mean(outside.float(), response_mask)
+    if mode == "token_mask":
+        outside = (ratio < low) | (ratio > high)
+        return torch.ones_like(ratio), response_mask & ~outside, masked_mean(outside.float(), response_mask)
+    if mode != "none":
+        raise ValueError(f"TIS mode {mode!r}: expected none, token_truncate or token_mask")
+    return torch.ones_like(ratio), response_mask, torch.zeros((), device=ratio.device)
 
 
 def value_loss(values, old_values, returns, response_mask, clip_eps=0.2):

@@ -51,7 +51,8 @@ DECLARATION = StageDeclaration(
     name="eval",
     entry="stages.eval.stage:evaluate",
     inputs=("pretrain", "sft", "rm", "ppo", "ppo_no_ptx", *(f"sft_{m}" for m in SFT_COMPARED_METHODS)),
-    config_keys=("world", "model.name_or_path", "data.mixture", "eval", "rm.max_length", "ppo.reward_model"),
+    config_keys=("world", "model.name_or_path", "data.mixture", "eval", "rm.max_length", "ppo.reward_model", "rollout.engine",
+                 "rollout.dtype"),
     outputs=("report", "policies", "responses"),
     headline=("ppo/win_rate_vs_sft",),
     # eval.policies and eval.reward_model evaluate models on disk instead of the pipeline's

@@ -19,6 +19,7 @@ Writes: DIR/eval/policies.json (per policy: the figures, per family, and the per
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from common.config import Config
@@ -28,7 +29,9 @@ from stages.data.datasets import make_world
 from stages.data.files import prompts_from_file, text_dataset_from_file
 from stages.eval.report import build_report
 from stages.models.loading import (
+    attention_implementation,
     check_model_dir,
+    inference_device,
     load_policy,
     load_tokenizer,
     sft_method_of,
@@ -107,6 +110,25 @@ def summarise(result: dict, baseline: dict) -> dict:
     return summary
 
 
+@contextlib.contextmanager
+def rollouts_for(config: Config, model_dir: Path, tokenizer):
+    """What generates a policy's responses: None (HF generate on the policy), or with rollout.engine vllm
+    a vLLM engine started for this policy (stopped after). A Bitune policy, which vLLM cannot serve, keeps HF."""
+    if config.rollout.engine != "vllm" or sft_method_of(model_dir) != "causal_lm":
+        yield None
+        return
+    from stages.scoring.vllm_engines import VLLMRollout, engine_specs, start_engines, stop_engines
+
+    specs = engine_specs(config.rollout.model_copy(update={"num_engines": 1}), str(model_dir), config.run.seed,
+                         config.deepspeed.precision, config.ray.use_gpu)
+    engines = start_engines(config.ray, config.rollout, specs)
+    try:
+        yield lambda greedy: VLLMRollout(engines[0], tokenizer, config.eval.max_new_tokens, greedy=greedy,
+                                         timeout_s=config.rollout.request_timeout_s)
+    finally:
+        stop_engines(engines)
+
+
 def evaluate(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult:
     from transformers import PreTrainedModel
 
@@ -123,7 +145,13 @@ def evaluate(config: Config, run_dir: RunDir, resume: bool, stage: str) -> Stage
         prompts = prompts_from_file(config.eval.prompts, tokenizer, "eval.prompts")[: config.eval.max_prompts]
         heldout_text = config.eval.heldout_text
         corpus = text_dataset_from_file(heldout_text)["text"][: config.eval.corpus_docs] if heldout_text else []
-    sft = load_policy(dirs["sft"]).eval()
+    device = inference_device(config.ray.use_gpu)
+    attention = attention_implementation(config.model.attn_implementation, config.deepspeed.precision)
+
+    def load(directory):
+        return load_policy(directory, attention).to(device).eval()
+
+    sft = load(dirs["sft"])
 
     # 2. every policy on the same prompts with the same sampling seed; SFT is the KL reference. A masked
     # LM (sft.method cmlm) has no likelihood of a sampled response, and a reference that is no plain
@@ -131,9 +159,11 @@ def evaluate(config: Config, run_dir: RunDir, resume: bool, stage: str) -> Stage
     results, responses = {}, {}
     one_line = examples is not None
     for name, directory in dirs.items():
-        policy = sft if name == "sft" else load_policy(directory).eval()
+        policy = sft if name == "sft" else load(directory)
         if isinstance(sft, PreTrainedModel) and sft_method_of(directory) != "cmlm":
-            out = respond(policy, sft, tokenizer, prompts, config.run.seed, config.eval.max_new_tokens, one_line=one_line)
+            with rollouts_for(config, directory, tokenizer) as rollout_for:
+                out = respond(policy, sft, tokenizer, prompts, config.run.seed, config.eval.max_new_tokens, one_line=one_line,
+                              rollout_for=rollout_for)
         else:
             out = respond_greedy(policy, load_tokenizer(directory), prompts, config.eval.max_new_tokens, one_line)
         responses[name] = out["greedy"]
@@ -146,7 +176,7 @@ def evaluate(config: Config, run_dir: RunDir, resume: bool, stage: str) -> Stage
 
     # 3. the reward models judge every policy's greedy responses
     for judge_name, judge_dir in judges.items():
-        for name, scores in judge(judge_dir, prompts, responses, config.rm.max_length).items():
+        for name, scores in judge(judge_dir, prompts, responses, config.rm.max_length, device).items():
             results[name][f"{judge_name}_score"] = scores
 
     # 4. figures against SFT, the per-prompt record, the report

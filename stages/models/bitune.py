@@ -301,7 +301,9 @@ class BituneModel(nn.Module):
         prompt tokens (left-padded, ending in column P-1), labels hold the answer tokens and
         IGNORE_INDEX elsewhere. Returns loss (when labels are given) and logits (B, T-P+1, V) for
         columns P-1.. of input_ids, i.e. from the last prompt token on."""
-        if self.training and self.peft.get_base_model().is_activation_checkpointing:
+        base = self.peft.get_base_model()
+        # transformers renamed the flag (is_gradient_checkpointing before 5.20, is_activation_checkpointing after)
+        if self.training and (getattr(base, "is_activation_checkpointing", False) or getattr(base, "is_gradient_checkpointing", False)):
             # Checkpointed layers drop past_key_values in training, so the answer would not see the prompt.
             raise ValueError("Bitune does not work with gradient checkpointing: its answer pass needs the prompt's cache")
         end = prompt_end(prompt_mask)

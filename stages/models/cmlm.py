@@ -310,6 +310,10 @@ class CMLMModel(nn.Module):
         return self.encoder.config.pad_token_id
 
     @property
+    def device(self) -> torch.device:
+        return self.encoder.device
+
+    @property
     def max_positions(self) -> int:
         return self.encoder.config.max_position_embeddings - self.offset
 

@@ -1,5 +1,8 @@
 """Forward passes of a causal LM that PPO needs: the logits and log-probs of a response's tokens
-given its prompt, and the plain LM loss on pretraining text (the ptx term)."""
+given its prompt, and the plain LM loss on pretraining text (the ptx term).
+
+Each moves its inputs to the model's device (`model.device`: a DeepSpeed engine's, or an HF model's), so
+callers may hand over CPU tensors from a tokenizer or a rollout on another device."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ def response_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor
     """Logits that predicted each response token, (B, T, V): position p's logits predict token p + 1,
     so the response's T tokens are predicted by positions P - 1 ... P + T - 2. Divided by the sampling
     temperature, so that log-probs match the distribution the rollout sampled from."""
+    sequences, attention_mask = sequences.to(model.device), attention_mask.to(model.device)
     logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask)).logits
     return logits[:, -response_length - 1 : -1].float() / temperature
 
@@ -22,6 +26,7 @@ def response_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor
 def lm_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token NLL over the real tokens of right-padded text: -mean log pi(x) (IG Eq. 2's
     pretraining term, per token)."""
+    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
     targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, IGNORE_INDEX)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)

@@ -3,8 +3,10 @@ and loading real ones from local directories (nothing downloads: local_files_onl
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
+import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoConfig,
@@ -43,7 +45,30 @@ def train_char_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     )
 
 
-def build_model(init: dict, tokenizer: PreTrainedTokenizerFast):
+def attention_implementation(choice: str, precision: str = "fp32") -> str:
+    """The `attn_implementation` HF is given (model.attn_implementation): `auto` takes flash-attention 2 where it
+    can run (its package imports, CUDA, a 16-bit precision), else torch's sdpa."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available() and precision in ("bf16", "fp16") and importlib.util.find_spec("flash_attn"):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def model_kwargs(model: ModelSection, precision: str = "fp32") -> dict:
+    """What every `from_pretrained` of the stages passes: local files only, the configured attention."""
+    return {"local_files_only": True, "attn_implementation": attention_implementation(model.attn_implementation, precision)}
+
+
+def inference_device(use_gpu: bool) -> torch.device:
+    """Where a stage that runs no DeepSpeed engine (sample, eval) puts its models: the worker's GPU under
+    ray.use_gpu (Ray sets CUDA_VISIBLE_DEVICES to the GPUs it reserved), else the CPU."""
+    if use_gpu and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def build_model(init: dict, tokenizer: PreTrainedTokenizerFast, attn_implementation: str = "sdpa"):
     """A randomly initialised causal LM from transformers config kwargs (with model_type)."""
     kwargs = dict(init)
     model_type = kwargs.pop("model_type", None)
@@ -60,7 +85,7 @@ def build_model(init: dict, tokenizer: PreTrainedTokenizerFast):
         )
     except (ValueError, TypeError) as exc:
         raise InputError(f"model.init: {exc}") from None
-    return AutoModelForCausalLM.from_config(config)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
 
 
 def check_model_dir(path: str | Path, key: str) -> Path:
@@ -120,9 +145,9 @@ def sft_method_of(model_dir: str | Path) -> str:
     return "causal_lm"
 
 
-def load_policy(model_dir: str | Path):
+def load_policy(model_dir: str | Path, attn_implementation: str = "sdpa"):
     """A model to generate with (its `generate` mirrors HF's), from a directory the SFT stage or
-    save_pretrained wrote: a causal LM, or a Bitune or cmlm model."""
+    save_pretrained wrote: a causal LM, or a Bitune or cmlm model (which keep their own attention)."""
     method = sft_method_of(model_dir)
     if method == "bitune":
         from stages.models.bitune import BituneModel
@@ -132,7 +157,7 @@ def load_policy(model_dir: str | Path):
         from stages.models.cmlm import CMLMModel
 
         return CMLMModel.from_pretrained(model_dir)
-    return AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, attn_implementation=attn_implementation)
 
 
 def require_causal_lm(model_dir: str | Path, key: str) -> Path:

@@ -45,6 +45,7 @@ def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     at the last token that is not the pad token, which is wrong when pad and EOS are one token (as in
     many tokenizers), and PPO's critic needs every position anyway."""
     captured = []
+    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
     handle = score_head(model).register_forward_hook(lambda module, args, output: captured.append(output))
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))

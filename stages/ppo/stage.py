@@ -1,5 +1,6 @@
 """Stage `ppo`: PPO-ptx against the reward model with a per-token KL penalty to the SFT policy and
-the pretraining-mix term (InstructGPT section 3.5, Eq. 2; App. C.4). The loop is stages/ppo_trainer.py.
+the pretraining-mix term (InstructGPT section 3.5, Eq. 2; App. C.4). The loop is trainer.py; with rollout.engine vllm the
+stage starts the vLLM engines (Ray actors) that the workers sample from, and stops them at the end.
 
 Reads:  the actor and reference (DIR/sft/model), the reward model and critic start (DIR/rm/model),
         each replaceable by a local path (ppo.actor, ppo.reference, ppo.reward_model, ppo.critic);
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from common.config import Config
 from common.errors import InputError
@@ -30,6 +32,7 @@ from stages.ppo.trainer import BEST_DIR, PPOTrainingSpec, train_on_worker
 from stages.runtime.checkpoints import publish_dir
 from stages.runtime.lifecycle import StageResult
 from stages.runtime.ray_workers import run_on_workers
+from stages.scoring.vllm_engines import stop_engines
 
 
 def model_paths(config: Config, run_dir: RunDir) -> dict[str, str]:
@@ -62,6 +65,25 @@ def prompt_pools(config: Config, tokenizer) -> tuple[list[str], list[str], dict 
     return prompts[ppo.validation_prompts :], prompts[: ppo.validation_prompts], tasks
 
 
+def engine_model_dir(actor: str, tokenizer, stage_dir: Path) -> str:
+    """The directory vLLM engines start from: the actor's, when it holds its tokenizer too (vLLM reads both
+    from one place); else a copy with the run's tokenizer, DIR/<stage>/engine_init."""
+    if (Path(actor) / "tokenizer_config.json").exists():
+        return actor
+    target = stage_dir / "engine_init"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(actor, target)
+    tokenizer.save_pretrained(str(target))
+    return str(target)
+
+
+def start_rollout_engines(config: Config, model_dir: str) -> list:
+    from stages.scoring.vllm_engines import engine_specs, start_engines
+
+    specs = engine_specs(config.rollout, model_dir, config.run.seed, config.deepspeed.precision, config.ray.use_gpu)
+    return start_engines(config.ray, config.rollout, specs)
+
+
 def ppo(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult:
     # 1. models, tokenizer, prompts, pretraining text: checked before Ray starts
     paths = model_paths(config, run_dir)
@@ -69,10 +91,17 @@ def ppo(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResul
     tokenizer = load_tokenizer(tokenizer_dir)
     prompts, validation, tasks = prompt_pools(config, tokenizer)
     pretraining = pretraining_text(config.data.pretrain, config.world)["text"] if config.ppo.ptx_coef > 0 else []
-    # 2. train on the Ray workers
+    # 2. vLLM engines (rollout.engine vllm), started from the actor's starting weights, then train on the Ray workers
+    engines = start_rollout_engines(config, engine_model_dir(paths["actor"], tokenizer, run_dir.stage_dir(stage))) \
+        if config.rollout.engine == "vllm" else None
     spec = PPOTrainingSpec(config=config, run_dir=str(run_dir.root), stage=stage, tokenizer=str(tokenizer_dir), prompts=prompts,
-                 validation_prompts=validation, pretraining=pretraining, tasks=tasks, **paths)
-    run_on_workers(config.ray, config.run.torch_threads, train_on_worker, spec, name=stage, storage=run_dir.stage_dir(stage) / "ray")
+                           validation_prompts=validation, pretraining=pretraining, tasks=tasks, engines=engines, **paths)
+    try:
+        run_on_workers(config.ray, config.run.torch_threads, train_on_worker, spec, name=stage,
+                       storage=run_dir.stage_dir(stage) / "ray")
+    finally:
+        if engines is not None:
+            stop_engines(engines)
     # 3. DIR/ppo/model: the best policy within the KL budget, else the last one
     stage_dir = run_dir.stage_dir(stage)
     chosen = stage_dir / BEST_DIR if (stage_dir / BEST_DIR).is_dir() else stage_dir / "final"

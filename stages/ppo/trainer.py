@@ -1,6 +1,8 @@
 """PPO-ptx on the Ray Train workers (InstructGPT section 3.5, Eq. 2; App. C.4): one iteration is
 
-  1. rollout    sample one response per prompt from the actor (stages.scoring.rollout), with log pi_old
+  1. rollout    sample one response per prompt from the actor: HF generate on the workers' own actor
+                (stages.scoring.rollout), or vLLM engines that get the actor's weights after every update
+                (stages.scoring.vllm_engines); log pi_old from the generation pass or the actor's forward
   2. score      reward model (+ its bias) or the tiny world's oracle; reference log-probs; values
   3. shape      per-token KL penalty to the reference, score at the last real token, GAE, whitening
   4. learn      PPO epochs over minibatches: clipped policy loss + ptx_coef x LM loss on a
@@ -8,8 +10,9 @@
   5. control    KL controller update, metrics, validation score, KL budget, checkpoint
 
 The actor and the critic are DeepSpeed engines (the configured ZeRO stage); the reference and the
-reward model are frozen (under ZeRO-3, inference engines sharded like the actor). Data parallel: each
-rank rolls out its share of the iteration's prompts; DeepSpeed averages the gradients.
+reward model are frozen DeepSpeed inference engines (on the worker's device in the run's precision;
+under ZeRO-3 sharded like the actor). Data parallel: each rank rolls out its share of the iteration's
+prompts; DeepSpeed averages the gradients. Every tensor goes to the device of the model it enters.
 
 Everything a resumed run needs is in the checkpoint: engines (weights, optimizer, scheduler), every
 rank's RNG, the counters (the prompt and pretraining positions are functions of them), the KL
@@ -18,12 +21,14 @@ controller and the best validation score so far.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +47,7 @@ from stages.core.ppo import (
     ptx_combined_loss,
     sequence_kl,
     shape_rewards,
+    truncated_importance_weights,
     value_loss,
 )
 from stages.models.forward import lm_loss, response_logits
@@ -76,6 +82,7 @@ class PPOTrainingSpec:
     validation_prompts: list[str]
     pretraining: list[str]  # documents for the ptx term
     tasks: dict[str, Task] | None  # prompt -> tiny-world task, for reward "oracle"
+    engines: list[Any] | None = None  # vLLM engines (Ray actor handles) with rollout.engine vllm
 
 
 @dataclass
@@ -98,12 +105,13 @@ def rank_and_world_size() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def _all_mean(values: dict[str, float]) -> dict[str, float]:
-    """The mean over ranks of every value (the same keys on every rank)."""
+def _all_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The mean over ranks of every value (the same keys on every rank), reduced on `device` (NCCL
+    reduces CUDA tensors only)."""
     if not dist.is_initialized():
         return values
     keys = sorted(values)
-    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return dict(zip(keys, (tensor / dist.get_world_size()).tolist()))
 
@@ -116,10 +124,10 @@ class PPOTrainer:
             AutoModelForSequenceClassification,
         )
 
-        from stages.models.loading import load_tokenizer
+        from stages.models.loading import load_tokenizer, model_kwargs
         from stages.runtime.deepspeed_config import engine_config
 
-        self.spec, self.config, self.ppo = spec, spec.config, spec.config.ppo
+        self.spec, self.config, self.ppo, self.rollout_config = spec, spec.config, spec.config.ppo, spec.config.rollout
         self.run_dir = RunDir(spec.run_dir)
         self.rank, self.world = rank_and_world_size()
         ppo = self.ppo
@@ -137,7 +145,10 @@ class PPOTrainer:
         np.random.seed(self.config.run.seed * 1000 + self.rank)
         ds = self.config.deepspeed
         train_config = engine_config(ds, self.minibatch_size, ppo.max_grad_norm)
-        frozen_config = engine_config(ds, self.minibatch_size)
+        # frozen models: under ZeRO-3 sharded like the actor; else a stage-0 engine (no optimizer), which
+        # places them on the worker's device and casts them to the run's precision
+        frozen_section = ds if self.zero3 else ds.model_copy(update={"zero_stage": 0, "offload_optimizer": False})
+        frozen_config = engine_config(frozen_section, self.minibatch_size)
 
         def engine(model, lr):
             trainable = [p for p in model.parameters() if p.requires_grad]
@@ -151,12 +162,11 @@ class PPOTrainer:
 
         def frozen(model):
             model.requires_grad_(False).eval()
-            if self.zero3:
-                model, *_ = deepspeed.initialize(model=model, config=frozen_config, dist_init_required=False)
-                model.eval()
+            model, *_ = deepspeed.initialize(model=model, config=frozen_config, dist_init_required=False)
+            model.eval()  # the engine's eval() returns nothing
             return model
 
-        load = {"local_files_only": True}
+        load = model_kwargs(self.config.model, ds.precision)
         score_kwargs = {**load, "num_labels": 1, "pad_token_id": self.tokenizer.pad_token_id}
         actor = AutoModelForCausalLM.from_pretrained(spec.actor, **load)
         if ppo.lora is not None:
@@ -175,8 +185,10 @@ class PPOTrainer:
             reward_model = AutoModelForSequenceClassification.from_pretrained(spec.reward_model, **score_kwargs)
             self.reward_bias = float(getattr(reward_model.config, BIAS_KEY, 0.0))
             self.reward_model = frozen(reward_model)
-        self.rollout = HFRollout(self.actor.module, self.tokenizer, ppo.max_new_tokens, ppo.temperature,
-                                 stop_at_eos=not ppo.fixed_length, synced_gpus=self.zero3 and self.world > 1)
+        self.device = self.actor.device  # DeepSpeed's: the worker's GPU (LOCAL_RANK), or the CPU
+        self.engines = spec.engines
+        self.rollout = self.make_rollout(greedy=False)
+        self.engine_restarts, self.sync_seconds, self.sync_mib = 0, 0.0, 0.0
         self.kl_controller = make_kl_controller(ppo.kl_controller, ppo.kl_coef, ppo.kl_target, ppo.kl_horizon)
         # InstructGPT's EMA of the policy weights (fp32 copies: with ZeRO 0-2 every rank has the full weights)
         self.ema = [p.detach().float().clone() for p in self.actor.module.parameters()] if ppo.ema_decay else None
@@ -204,6 +216,135 @@ class PPOTrainer:
                                  max_length=self.ppo.ptx_max_length)
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
+    # ---- 1. rollout: HF generate on the actor, or vLLM engines holding the actor's latest weights ----
+
+    def make_rollout(self, greedy: bool):
+        ppo = self.ppo
+        if self.engines is not None:
+            from stages.scoring.vllm_engines import VLLMRollout
+
+            engine = self.engines[self.rank % len(self.engines)]
+            return VLLMRollout(engine, self.tokenizer, ppo.max_new_tokens, ppo.temperature, stop_at_eos=not ppo.fixed_length,
+                               greedy=greedy, timeout_s=self.rollout_config.request_timeout_s)
+        per_layer = self.zero3 and self.rollout_config.zero3_generation == "per_layer"
+        return HFRollout(self.actor.module, self.tokenizer, ppo.max_new_tokens, ppo.temperature, stop_at_eos=not ppo.fixed_length,
+                         synced_gpus=per_layer and self.world > 1, greedy=greedy, device=self.device)
+
+    @contextlib.contextmanager
+    def generation_weights(self):
+        """HF generation under ZeRO-3 with rollout.zero3_generation gather: the actor's parameters gathered
+        once for the whole rollout (DeepSpeed's hooks lifted meanwhile) instead of layer by layer at
+        every token; the model must fit on one device. Elsewhere nothing to do."""
+        if self.engines is None and self.zero3 and self.rollout_config.zero3_generation == "gather":
+            from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+            with unwrap_model_for_generation(self.actor):
+                yield
+        else:
+            yield
+
+    def request_seeds(self, iteration: int, count: int) -> list[int]:
+        """One seed per prompt of this rank's share, a function of (run seed, iteration, prompt position): a
+        retried or resumed iteration asks the engines for the same samples."""
+        return [hash((self.config.run.seed, iteration, self.rank + i * self.world)) % 2**31 for i in range(count)]
+
+    def generate(self, rollout, prompts: list[str], iteration: int) -> RolloutBatch:
+        """A rollout on this rank's device. With vLLM engines: engines brought to the actor's weights first;
+        an engine that died is restarted by Ray, brought up to date, and the rank's share asked again with
+        the same seeds (rollout.max_engine_restarts times); a reply from stale weights is an error."""
+        if self.engines is None:
+            with self.generation_weights():
+                return rollout.generate(prompts)
+        import ray
+
+        batch, seeds = None, self.request_seeds(iteration, len(prompts))
+        for _ in range(self.rollout_config.max_engine_restarts + 1):
+            self.update_engines()
+            if batch is None and prompts:
+                try:
+                    batch = rollout.generate(prompts, seeds)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    batch = None
+            failed = self.ranks_failing(batch is None and bool(prompts))
+            if not failed:
+                break
+            self.engine_restarts += 1
+        else:
+            raise RuntimeError(f"a vLLM engine failed {self.rollout_config.max_engine_restarts + 1} times in iteration "
+                               f"{iteration + 1}; raise rollout.max_engine_restarts or look at the engine's log")
+        if batch is not None and batch.weight_version != self.iteration:
+            raise RuntimeError(f"the vLLM engine sampled with weights of version {batch.weight_version}, the actor is at "
+                               f"{self.iteration}: its weights were not synced")
+        return batch.to(self.device) if batch is not None else None
+
+    def ranks_failing(self, failing: bool) -> int:
+        flag = torch.tensor([int(failing)], device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(flag)
+        return int(flag.item())
+
+    def engine_versions(self) -> list[int]:
+        """Every engine's weight version, waiting (bounded) for one that Ray is restarting."""
+        import ray
+
+        deadline = time.monotonic() + self.rollout_config.request_timeout_s
+        while True:
+            try:
+                return ray.get([engine.ready.remote() for engine in self.engines], timeout=self.rollout_config.request_timeout_s)
+            except ray.exceptions.RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+    def update_engines(self) -> None:
+        """Push the actor's weights (version = iterations done) to the engines when any is behind: after an
+        update, after a resume, after an engine's restart. Collective: under ZeRO-3 every rank gathers."""
+        from stages.scoring.vllm_engines import engine_dtype, push_weights
+
+        stale = torch.tensor([0], device=self.device)
+        if self.rank == 0:
+            stale[0] = int(any(version != self.iteration for version in self.engine_versions()))
+        if dist.is_initialized():
+            dist.broadcast(stale, 0)
+        if not stale.item():
+            return
+        started = time.perf_counter()
+        weights = self.actor_weights()
+        if self.rank == 0:
+            dtype = getattr(torch, engine_dtype(self.rollout_config, self.config.deepspeed.precision))
+            self.sync_mib = push_weights(self.engines, weights, self.iteration, dtype, self.rollout_config.sync_bucket_mb,
+                                         self.rollout_config.sync_timeout_s)
+        else:
+            for _ in weights:  # the other ranks' share of each gather
+                pass
+        if dist.is_initialized():
+            dist.barrier()
+        self.sync_seconds = time.perf_counter() - started
+
+    def actor_weights(self):
+        """(HF name, full tensor) of every actor parameter in order, a tied one under each of its names (an
+        engine may hold the output embedding apart: sent only as the input embedding, it keeps its old
+        weights). Under ZeRO-3 each is gathered alone and released after its turn, so no rank ever holds
+        the whole model."""
+        for name, parameter in self.actor.module.named_parameters(remove_duplicate=False):
+            if self.zero3:
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([parameter]):
+                    yield name, parameter.data
+            else:
+                yield name, parameter.data
+
+    @torch.no_grad()
+    def actor_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """log pi_old from one no-grad eval-mode forward of the actor (rollout.old_logprobs trainer)."""
+        T = batch.response_mask.shape[1]
+        was_training = self.actor.training
+        self.actor.eval()
+        logits = response_logits(self.actor, batch.sequences, batch.attention_mask, T, self.ppo.temperature)
+        self.actor.train(was_training)
+        return token_logprobs(logits, batch.sequences[:, batch.prompt_length :])
+
     # ---- 2. scoring and 3. shaping -------------------------------------------------------------
 
     def true_scores(self, batch: RolloutBatch, prompts: list[str]) -> torch.Tensor:
@@ -228,6 +369,9 @@ class PPOTrainer:
     def make_experience(self, batch: RolloutBatch, prompts: list[str]) -> tuple[Experience, dict[str, float]]:
         T, mask = batch.response_mask.shape[1], batch.response_mask
         responses = batch.sequences[:, batch.prompt_length :]
+        sampler_logprobs = batch.logprobs
+        if self.rollout_config.old_logprobs == "trainer":
+            batch = replace(batch, logprobs=torch.where(mask, self.actor_logprobs(batch), 0.0), rollout_logprobs=sampler_logprobs)
         if self.reference is None:
             with self.actor.module.disable_adapter():
                 ref_logits = response_logits(self.actor, batch.sequences, batch.attention_mask, T, self.ppo.temperature)
@@ -246,6 +390,8 @@ class PPOTrainer:
             "kl": sequence_kl(torch.where(mask, batch.logprobs - ref_logprobs, 0.0), mask).mean().item(),
             "response_length": mask.sum(-1).float().mean().item(),
             "ended": batch.ended.float().mean().item(),
+            # the stale-weights alarm: pi_old against the sampler's own log-probs (0 when they are one)
+            "logp_diff": masked_mean((batch.logprobs - sampler_logprobs).abs(), mask).item(),
         }
         if self.spec.tasks is not None:
             metrics["true_score"] = self.true_scores(batch, prompts).mean().item()
@@ -261,12 +407,14 @@ class PPOTrainer:
         step = iteration * self.steps_per_iteration
         for _ in range(self.ppo.ppo_epochs):
             order = torch.randperm(self.episodes_per_rank, generator=generator)
-            for index in order.split(self.minibatch_size):
-                mini, mask = batch.select(index), batch.response_mask[index]
+            for index in order.to(self.device).split(self.minibatch_size):
+                mini = batch.select(index)
                 logits = response_logits(self.actor, mini.sequences, mini.attention_mask, T, self.ppo.temperature)
                 logprobs = token_logprobs(logits, responses[index])
-                pg_loss, pg_metrics = policy_loss(logprobs, mini.logprobs, experience.advantages[index], mask, self.ppo.clip_ratio)
-                ptx_loss = torch.zeros(())
+                weights, mask, is_clipfrac = self.importance_weights(mini)
+                pg_loss, pg_metrics = policy_loss(logprobs, mini.logprobs, experience.advantages[index], mask, self.ppo.clip_ratio,
+                                                  token_weights=weights)
+                ptx_loss = torch.zeros((), device=self.device)
                 if self.ptx_per_step:
                     ptx_loss = lm_loss(self.actor, **self.pretraining_batch(step))
                 # one backward of the sum: the PPO and the scaled pretraining gradients share the step
@@ -275,7 +423,8 @@ class PPOTrainer:
                 self.update_ema()
 
                 values = token_scores(self.critic, mini.sequences, mini.attention_mask)[:, -T - 1 : -1].float()
-                vf_loss, vf_clipfrac = value_loss(values, experience.values[index], experience.returns[index], mask, self.ppo.value_clip)
+                vf_loss, vf_clipfrac = value_loss(values, experience.values[index], experience.returns[index], mini.response_mask,
+                                                  self.ppo.value_clip)
                 self.critic.backward(vf_loss)
                 self.critic.step()
 
@@ -286,12 +435,21 @@ class PPOTrainer:
                     "clipfrac": pg_metrics["clipfrac"].item(),
                     "approx_kl": pg_metrics["approx_kl"].item(),
                     "value_clipfrac": vf_clipfrac.item(),
-                    "entropy": masked_mean(entropy_from_logits(logits.detach()), mask).item(),
+                    "entropy": masked_mean(entropy_from_logits(logits.detach()), mini.response_mask).item(),
+                    "is_clipfrac": is_clipfrac.item(),
                 }
                 for name, value in step_metrics.items():
                     totals[name] = totals.get(name, 0.0) + value / self.steps_per_iteration
                 step += 1
         return totals
+
+    def importance_weights(self, mini: RolloutBatch) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """rollout.tis: each token's weight pi_old / pi_rollout (truncated or masked), the mask it leaves, and the
+        fraction of tokens capped or dropped."""
+        tis = self.rollout_config.tis
+        if tis.mode == "none" or mini.rollout_logprobs is None:
+            return None, mini.response_mask, torch.zeros((), device=self.device)
+        return truncated_importance_weights(mini.logprobs, mini.rollout_logprobs, mini.response_mask, tis.mode, tis.low, tis.high)
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -305,10 +463,9 @@ class PPOTrainer:
     def validation_score(self) -> float:
         """Mean reward-model (or oracle) score of greedy responses to the validation prompts."""
         prompts = self.spec.validation_prompts[self.rank :: self.world]
-        greedy = HFRollout(self.actor.module, self.tokenizer, self.ppo.max_new_tokens, synced_gpus=self.rollout.synced_gpus, greedy=True)
-        greedy_batch = greedy.generate(prompts) if prompts else None
+        greedy_batch = self.generate(self.make_rollout(greedy=True), prompts, self.iteration) if prompts else None
         total = self.scores(greedy_batch, prompts).sum().item() if prompts else 0.0
-        sums = torch.tensor([total, len(prompts)], dtype=torch.float64)
+        sums = torch.tensor([total, len(prompts)], dtype=torch.float64, device=self.device)
         if dist.is_initialized():
             dist.all_reduce(sums)
         return (sums[0] / sums[1].clamp(min=1)).item()
@@ -397,7 +554,8 @@ class PPOTrainer:
             iteration = self.iteration
             prompts = self.iteration_prompts(iteration)
             started = time.perf_counter()
-            batch = self.rollout.generate(prompts)  # 1. rollout
+            self.sync_seconds = 0.0
+            batch = self.generate(self.rollout, prompts, iteration)  # 1. rollout
             generated = time.perf_counter()
             experience, rollout_metrics = self.make_experience(batch, prompts)  # 2-3. score, shape
             scored = time.perf_counter()
@@ -405,17 +563,20 @@ class PPOTrainer:
             trained = time.perf_counter()
 
             # 5. control: KL coefficient, metrics, validation, budget, checkpoint
-            metrics = _all_mean({**rollout_metrics, **learn_metrics})
+            metrics = _all_mean({**rollout_metrics, **learn_metrics}, self.device)
             self.kl_controller.update(metrics["kl"], ppo.episodes_per_iteration)
             self.iteration = iteration + 1
             record = {"step": self.iteration, **{f"ppo/{k}": v for k, v in metrics.items()}}
             record.update({
                 "ppo/beta": self.kl_controller.value,
                 "time/generate": generated - started,
+                "time/weight_sync": self.sync_seconds,
                 "time/score": scored - generated,
                 "time/train": trained - scored,
                 "ppo/episodes_per_second": ppo.episodes_per_iteration / (trained - started),
             })
+            if self.engines is not None:
+                record.update({"rollout/engine_restarts": self.engine_restarts, "rollout/weight_sync_mib": self.sync_mib})
             if ppo.max_kl is not None and metrics["kl"] > ppo.max_kl:
                 self.over_budget = True
             if self.iteration % ppo.eval_every == 0 or self.iteration == ppo.iterations or self.over_budget:

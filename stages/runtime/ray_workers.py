@@ -16,7 +16,8 @@ from common.config import RaySection
 from common.ray_env import set_worker_env
 
 
-def ensure_ray(ray_config: RaySection) -> None:
+def ensure_ray(ray_config: RaySection, extra_cpus: float = 0.0) -> None:
+    """Join the job's cluster, or start a local Ray with room for the workers and `extra_cpus` (engines)."""
     import ray
 
     set_worker_env()
@@ -25,18 +26,23 @@ def ensure_ray(ray_config: RaySection) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    cpus_needed = ray_config.num_workers * ray_config.resources_per_worker.get("CPU", 1.0)
+    cpus_needed = ray_config.num_workers * ray_config.resources_per_worker.get("CPU", 1.0) + extra_cpus
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)), log_to_driver=True)
 
 
 def _worker_entry(loop_config: dict[str, Any]) -> None:
-    """What every worker does before the stage's loop: its thread count, and quiet about torch.distributed's
-    deprecations (one line per rank and step otherwise)."""
+    """What every worker does before the stage's loop: its thread count, its GPU as the current CUDA device
+    (before any engine or NCCL communicator is built: DeepSpeed and NCCL take the current device), and
+    quiet about torch.distributed's deprecations (one line per rank and step otherwise)."""
     import warnings
 
     import torch
 
     torch.set_num_threads(loop_config["torch_threads"])
+    if torch.cuda.is_available():
+        from ray.train.torch import get_device
+
+        torch.cuda.set_device(get_device())
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     loop_config["loop"](loop_config["spec"], world_rank())
 
@@ -57,7 +63,7 @@ def run_on_workers(ray_config: RaySection, torch_threads: int, loop: Callable[[A
             use_gpu=ray_config.use_gpu,
             resources_per_worker=ray_config.resources_per_worker,
         ),
-        torch_config=TorchConfig(backend="nccl" if ray_config.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if ray_config.use_gpu else "gloo", timeout_s=ray_config.collective_timeout_s),
         run_config=RunConfig(
             name=name,
             storage_path=str(storage.resolve()),

@@ -21,3 +21,17 @@ def maybe_inject_fault(stage_dir: Path, step: int, rank: int) -> None:
     if not marker.exists():
         marker.touch()
         os._exit(1)
+
+
+ENGINE_FAULT_ENV = "RLHF_ENGINE_FAULT_AT_CALL"
+ENGINE_FAULT_MARKER_ENV = "RLHF_ENGINE_FAULT_MARKER"
+
+
+def maybe_kill_engine(call: int) -> None:
+    """With RLHF_ENGINE_FAULT_AT_CALL=N and RLHF_ENGINE_FAULT_MARKER=<file>, a vLLM engine's process dies in
+    its N-th generate call, once (the marker file records it), as a crashed engine would."""
+    marker = os.environ.get(ENGINE_FAULT_MARKER_ENV)
+    if not marker or call != int(os.environ.get(ENGINE_FAULT_ENV, "0")) or Path(marker).exists():
+        return
+    Path(marker).touch()
+    os._exit(1)

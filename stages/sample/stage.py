@@ -21,7 +21,7 @@ from common.run_dir import RunDir
 from labeling_ui.store import open_run_store
 from stages.data.datasets import make_world
 from stages.data.files import prompts_from_file
-from stages.models.loading import check_model_dir, load_tokenizer
+from stages.models.loading import attention_implementation, check_model_dir, load_tokenizer
 from stages.runtime.lifecycle import StageResult
 from stages.runtime.ray_workers import map_on_workers
 from tiny_world import Task
@@ -69,21 +69,54 @@ def sampling_policies(config: Config, run_dir: RunDir) -> dict[str, Path]:
 
 
 def sample_candidates(shard: tuple[int, list[str]], model_dir: str, k: int, temperature: float, max_new_tokens: int,
-                      batch_size: int, seed: int, torch_threads: int, one_line: bool) -> list[list[str]]:
-    """K sampled responses for each prompt of one shard (runs as a Ray task)."""
+                      batch_size: int, seed: int, torch_threads: int, one_line: bool, use_gpu: bool = False,
+                      attn_implementation: str = "sdpa") -> list[list[str]]:
+    """K sampled responses for each prompt of one shard (runs as a Ray task, on its GPU under ray.use_gpu)."""
     import torch
 
-    from stages.models.loading import load_policy, load_tokenizer
+    from stages.models.loading import inference_device, load_policy, load_tokenizer
     from stages.scoring.evaluation import generate
 
     index, prompts = shard
     torch.set_num_threads(torch_threads)
     torch.manual_seed(seed * 1000 + index)
-    model = load_policy(model_dir)  # a causal LM, or a Bitune or cmlm model (cmlm decodes deterministically)
+    # a causal LM, or a Bitune or cmlm model (cmlm decodes deterministically)
+    model = load_policy(model_dir, attn_implementation).to(inference_device(use_gpu))
     tokenizer = load_tokenizer(model_dir)
     flat = generate(model, tokenizer, [p for p in prompts for _ in range(k)], max_new_tokens, do_sample=True,
                     batch_size=batch_size, temperature=temperature, one_line=one_line)
     return [flat[i : i + k] for i in range(0, len(flat), k)]
+
+
+def sample_on_engines(config: Config, model_dir: Path, shards: list[tuple[int, list[str]]], k: int, seed: int,
+                      one_line: bool) -> list[list[list[str]]]:
+    """The same as sample_candidates over every shard, on vLLM engines (rollout.engine vllm) started for this
+    policy and stopped after: shard i on engine i mod rollout.num_engines, each request seeded."""
+    import ray
+
+    from stages.scoring.evaluation import first_line
+    from stages.scoring.vllm_engines import VLLMRollout, engine_specs, start_engines, stop_engines
+
+    s, tokenizer = config.sample, load_tokenizer(model_dir)
+    specs = engine_specs(config.rollout, str(model_dir), seed, config.deepspeed.precision, config.ray.use_gpu)
+    engines = start_engines(config.ray, config.rollout, specs)
+    try:
+        rollouts = [VLLMRollout(engines[index % len(engines)], tokenizer, s.max_new_tokens, s.temperature,
+                                timeout_s=config.rollout.request_timeout_s) for index, _ in shards]
+        pending = []
+        for (index, prompts), rollout in zip(shards, rollouts):
+            flat = [p for p in prompts for _ in range(k)]
+            ids = tokenizer(flat, add_special_tokens=False)["input_ids"]
+            seeds = [hash((seed, index, i)) % 2**31 for i in range(len(flat))]
+            pending.append(rollout.engine.generate.remote(ids, rollout.sampling, seeds))
+        results = []
+        for _, replies in ray.get(pending, timeout=config.rollout.request_timeout_s):
+            texts = tokenizer.batch_decode([tokens for tokens, _, _ in replies], skip_special_tokens=True)
+            texts = [first_line(t) if one_line else t.strip() for t in texts]
+            results.append([texts[i : i + k] for i in range(0, len(texts), k)])
+        return results
+    finally:
+        stop_engines(engines)
 
 
 def sample(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult:
@@ -100,11 +133,17 @@ def sample(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageRe
         slots = [j for j in range(s.k) if j % len(names) == p]
         sampling = {"temperature": s.temperature, "max_new_tokens": s.max_new_tokens, "seed": config.run.seed,
                     "checkpoint": str(policies[name])}
-        results = map_on_workers(
-            config.ray, sample_candidates, shards, model_dir=str(policies[name]), k=len(slots), temperature=s.temperature,
-            max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=config.run.seed + p,
-            torch_threads=config.run.torch_threads, one_line=config.sample.prompt_file is None,
-        )
+        one_line = config.sample.prompt_file is None
+        if config.rollout.engine == "vllm":
+            sampling["engine"] = "vllm"
+            results = sample_on_engines(config, policies[name], shards, len(slots), config.run.seed + p, one_line)
+        else:
+            results = map_on_workers(
+                config.ray, sample_candidates, shards, model_dir=str(policies[name]), k=len(slots), temperature=s.temperature,
+                max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=config.run.seed + p,
+                torch_threads=config.run.torch_threads, one_line=one_line, use_gpu=config.ray.use_gpu,
+                attn_implementation=attention_implementation(config.model.attn_implementation, config.deepspeed.precision),
+            )
         for shard, shard_texts in enumerate(results):
             for offset, texts in enumerate(shard_texts):
                 candidates[shard + offset * workers] += [{"id": f"c{j + 1}", "text": text, "policy": name, "sampling": sampling}

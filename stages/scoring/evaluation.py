@@ -27,7 +27,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW
     model.eval()
     responses = []
     for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left")
+        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                          padding_side="left").to(model.device)
         output = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
@@ -83,14 +84,18 @@ def _mean(values: list[float]) -> float:
 
 @torch.no_grad()
 def respond(policy, reference, tokenizer, prompts: list[str], seed: int, max_new_tokens: int = MAX_NEW_TOKENS,
-            one_line: bool = False, batch_size: int = 64) -> dict[str, list]:
+            one_line: bool = False, batch_size: int = 64, rollout_for=None) -> dict[str, list]:
     """A policy's responses to `prompts`: the greedy one (what the report scores) and one sampled at
     temperature 1 (seeded), with the sampled sequence's KL to `reference`: the sum over its tokens of
-    log pi(y_t) - log pi_ref(y_t)."""
+    log pi(y_t) - log pi_ref(y_t). `rollout_for(greedy)` gives what generates (default: HF generate on
+    the policy; vLLM engines serving it with rollout.engine vllm, whose log-probs are then recomputed by
+    the policy's own forward)."""
     from stages.core.functional import token_logprobs
     from stages.models.forward import response_logits
     from stages.scoring.rollout import HFRollout
 
+    rollout_for = rollout_for or (lambda greedy: HFRollout(policy, tokenizer, max_new_tokens, greedy=greedy))
+    rollouts = {True: rollout_for(True), False: rollout_for(False)}
     result: dict[str, list] = {"greedy": [], "sampled": [], "kl_to_reference": []}
     torch.manual_seed(seed)
     greedy_seconds = 0.0
@@ -98,13 +103,17 @@ def respond(policy, reference, tokenizer, prompts: list[str], seed: int, max_new
         chunk = prompts[start : start + batch_size]
         for key, greedy in (("greedy", True), ("sampled", False)):
             started = time.perf_counter()
-            batch = HFRollout(policy, tokenizer, max_new_tokens, greedy=greedy).generate(chunk)
+            batch = rollouts[greedy].generate(chunk).to(reference.device)
             greedy_seconds += (time.perf_counter() - started) if greedy else 0.0
             tokens = torch.where(batch.response_mask, batch.sequences[:, batch.prompt_length :], tokenizer.pad_token_id)
             texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
             result[key].extend(first_line(t) if one_line else t.strip() for t in texts)
-        logits = response_logits(reference, batch.sequences, batch.attention_mask, tokens.shape[1])
-        kl = torch.where(batch.response_mask, batch.logprobs - token_logprobs(logits, tokens), 0.0).sum(-1)
+        T = tokens.shape[1]
+        logprobs = batch.logprobs
+        if batch.rollout_logprobs is not None:  # another sampler's numerics: the policy's own log-probs
+            logprobs = token_logprobs(response_logits(policy, batch.sequences, batch.attention_mask, T), tokens)
+        reference_logprobs = token_logprobs(response_logits(reference, batch.sequences, batch.attention_mask, T), tokens)
+        kl = torch.where(batch.response_mask, logprobs - reference_logprobs, 0.0).sum(-1)
         result["kl_to_reference"].extend(kl.tolist())
     result["length"] = [len(r.split()) for r in result["greedy"]]
     result["decode_ms"] = 1000 * greedy_seconds / max(1, len(prompts))
@@ -142,8 +151,8 @@ def world_scores(examples: list[Example], responses: dict[str, list]) -> dict[st
 
 @torch.no_grad()
 def judge(reward_model_dir: str | Path, prompts: list[str], responses_by_policy: dict[str, list[str]],
-          max_length: int) -> dict[str, list[float]]:
-    """Each policy's responses scored by a reward model (with its own tokenizer, reward_bias added)."""
+          max_length: int, device: torch.device | str = "cpu") -> dict[str, list[float]]:
+    """Each policy's responses scored by a reward model (with its own tokenizer, reward_bias added), on `device`."""
     from stages.models.loading import load_tokenizer
     from stages.models.reward_model import (
         BIAS_KEY,
@@ -152,7 +161,7 @@ def judge(reward_model_dir: str | Path, prompts: list[str], responses_by_policy:
         score_texts,
     )
 
-    model = load_reward_model(reward_model_dir)
+    model = load_reward_model(reward_model_dir).to(device)
     tokenizer = load_tokenizer(reward_model_dir, "reward model")
     bias = getattr(model.config, BIAS_KEY, None) or 0.0
     scores = {}

@@ -1,5 +1,5 @@
 """Rollout: sample one response per prompt from the current policy, behind a small interface so that
-the PPO trainer does not change when generation does (HF generate here; vLLM engines on GPU later).
+the PPO trainer does not change when generation does (HF generate here; vLLM engines in vllm_engines.py).
 
 A rollout returns the token ids, the masks, and log pi_old of every sampled token taken from the
 generation pass itself (its logits at the sampling temperature), so PPO needs no extra forward pass
@@ -8,7 +8,7 @@ for the old log-probs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -22,15 +22,22 @@ class RolloutBatch:
     response_mask: torch.Tensor  # (B, T) bool: response tokens through the first EOS
     logprobs: torch.Tensor  # (B, T) log pi_old(y_t | x, y_<t) of the sampled tokens, 0 after EOS
     ended: torch.Tensor  # (B,) bool: the response ended with EOS (not cut at max_new_tokens)
+    # log-probs of the sampled tokens under the sampler's own numerics (vLLM), when pi_old is the trainer's
+    rollout_logprobs: torch.Tensor | None = None
+    weight_version: int = 0  # the engine weights' version that sampled the batch (vLLM)
 
     @property
     def prompt_length(self) -> int:
         return self.sequences.shape[1] - self.response_mask.shape[1]
 
     def select(self, index: torch.Tensor) -> RolloutBatch:
-        return RolloutBatch(*(t[index] for t in (self.sequences, self.attention_mask, self.response_mask, self.logprobs, self.ended)))
+        return replace(self, **{name: tensor[index.to(tensor.device)] for name, tensor in self.tensors().items()})
 
+    def to(self, device: torch.device) -> RolloutBatch:
+        return replace(self, **{name: tensor.to(device) for name, tensor in self.tensors().items()})
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
 
 
 class HFRollout:
@@ -39,17 +46,18 @@ class HFRollout:
     temperature: sampling temperature (InstructGPT: 1); greedy=True takes the most likely token
     instead (evaluation); stop_at_eos=False generates exactly max_new_tokens tokens (fixed-length
     rollouts for benchmarks); synced_gpus keeps ZeRO-3 ranks in step while their parameters are
-    gathered layer by layer."""
+    gathered layer by layer. The prompts go to `device` (default: the model's; a ZeRO-3 engine's own
+    device when its parameters live elsewhere)."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int, temperature: float = 1.0, stop_at_eos: bool = True,
-                 synced_gpus: bool = False, greedy: bool = False):
-        self.model, self.tokenizer = model, tokenizer
+                 synced_gpus: bool = False, greedy: bool = False, device: torch.device | None = None):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
         self.max_new_tokens, self.temperature = max_new_tokens, 1.0 if greedy else temperature
         self.stop_at_eos, self.synced_gpus, self.greedy = stop_at_eos, synced_gpus, greedy
 
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> RolloutBatch:
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(self.device or self.model.device)
         eos = self.tokenizer.eos_token_id if self.stop_at_eos else None
         was_training = self.model.training
         self.model.eval()

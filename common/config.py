@@ -468,6 +468,12 @@ class RolloutSection(Section):
         "(vLLM engines as Ray actors, the actor's weights synced to them after every PPO update).",
     )
     num_engines: int = Field(1, ge=1, description="vllm: engines (Ray actors); PPO rank r samples on engine r mod num_engines.")
+    placement: Literal["separate", "colocated"] = Field(
+        "separate",
+        description="vllm: separate (each engine reserves GPUs of its own) or colocated (GPU only: engine r shares "
+        "training worker r's GPU, taking the part ray.resources_per_worker.GPU leaves; it sleeps, weights and KV cache "
+        "released, while the workers learn, and wakes for the weight sync before the next rollout).",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per engine (tensor parallel); 1 on CPU.")
     gpu_memory_utilization: float = Field(
         0.9, gt=0.0, le=1.0, description="vllm: fraction of its GPU an engine takes for weights and KV cache."
@@ -554,6 +560,16 @@ class Config(Section):
             raise ValueError("ppo.lora with rollout.engine vllm is not supported: use rollout.engine hf")
         if rollout.tensor_parallel_size > 1 and not self.ray.use_gpu:
             raise ValueError("rollout.tensor_parallel_size > 1 needs GPUs (ray.use_gpu true)")
+        if rollout.engine == "vllm" and rollout.placement == "colocated":
+            worker_gpu = self.ray.resources_per_worker.get("GPU", 1.0)
+            if not self.ray.use_gpu:
+                raise ValueError("rollout.placement colocated shares the training workers' GPUs: it needs ray.use_gpu true")
+            if not 0 < worker_gpu < 1:
+                raise ValueError(f"rollout.placement colocated: set ray.resources_per_worker.GPU below 1 (e.g. 0.8), so that "
+                                 f"each GPU has room for its engine; got {worker_gpu}")
+            if rollout.num_engines != self.ray.num_workers or rollout.tensor_parallel_size != 1:
+                raise ValueError(f"rollout.placement colocated: one engine per training worker, tensor_parallel_size 1 "
+                                 f"(rollout.num_engines {rollout.num_engines}, ray.num_workers {self.ray.num_workers})")
         return self
 
 
@@ -563,7 +579,7 @@ def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
-    return f"{key}: {error['msg']} (got {error['input']!r})"
+    return f"{key}: {error['msg'].removeprefix('Value error, ')} (got {error['input']!r})"
 
 
 def _expected_keys(error: dict[str, Any]) -> str:

@@ -117,7 +117,12 @@ def rollouts_for(config: Config, model_dir: Path, tokenizer):
     if config.rollout.engine != "vllm" or sft_method_of(model_dir) != "causal_lm":
         yield None
         return
-    from stages.scoring.vllm_engines import VLLMRollout, engine_specs, start_engines, stop_engines
+    from stages.scoring.vllm_engines import (
+        VLLMRollout,
+        engine_specs,
+        start_engines,
+        stop_engines,
+    )
 
     specs = engine_specs(config.rollout.model_copy(update={"num_engines": 1}), str(model_dir), config.run.seed,
                          config.deepspeed.precision, config.ray.use_gpu)

@@ -53,6 +53,7 @@ from stages.core.ppo import (
 from stages.models.forward import lm_loss, response_logits
 from stages.models.reward_model import BIAS_KEY, sequence_scores, token_scores
 from stages.runtime.checkpoints import (
+    barrier,
     latest_checkpoint,
     mark_latest,
     merge_lora,
@@ -277,6 +278,15 @@ class PPOTrainer:
                                f"{self.iteration}: its weights were not synced")
         return batch.to(self.device) if batch is not None else None
 
+    def release_engines(self) -> None:
+        """Colocated engines sleep while the trainer learns on their GPUs (each rank its own engine)."""
+        if self.engines is not None and self.rollout_config.placement == "colocated":
+            import ray
+
+            ray.get(self.rollout.engine.sleep.remote(), timeout=self.rollout_config.request_timeout_s)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
     def ranks_failing(self, failing: bool) -> int:
         flag = torch.tensor([int(failing)], device=self.device)
         if dist.is_initialized():
@@ -299,11 +309,14 @@ class PPOTrainer:
     def update_engines(self) -> None:
         """Push the actor's weights (version = iterations done) to the engines when any is behind: after an
         update, after a resume, after an engine's restart. Collective: under ZeRO-3 every rank gathers."""
-        from stages.scoring.vllm_engines import engine_dtype, push_weights
+        from stages.scoring.vllm_engines import SLEEPING, engine_dtype, push_weights
 
         stale = torch.tensor([0], device=self.device)
+        asleep = False
         if self.rank == 0:
-            stale[0] = int(any(version != self.iteration for version in self.engine_versions()))
+            versions = self.engine_versions()
+            stale[0] = int(any(version != self.iteration for version in versions))
+            asleep = any(version == SLEEPING for version in versions)
         if dist.is_initialized():
             dist.broadcast(stale, 0)
         if not stale.item():
@@ -313,12 +326,11 @@ class PPOTrainer:
         if self.rank == 0:
             dtype = getattr(torch, engine_dtype(self.rollout_config, self.config.deepspeed.precision))
             self.sync_mib = push_weights(self.engines, weights, self.iteration, dtype, self.rollout_config.sync_bucket_mb,
-                                         self.rollout_config.sync_timeout_s)
+                                         self.rollout_config.sync_timeout_s, asleep=asleep)
         else:
             for _ in weights:  # the other ranks' share of each gather
                 pass
-        if dist.is_initialized():
-            dist.barrier()
+        barrier()
         self.sync_seconds = time.perf_counter() - started
 
     def actor_weights(self):
@@ -464,6 +476,7 @@ class PPOTrainer:
         """Mean reward-model (or oracle) score of greedy responses to the validation prompts."""
         prompts = self.spec.validation_prompts[self.rank :: self.world]
         greedy_batch = self.generate(self.make_rollout(greedy=True), prompts, self.iteration) if prompts else None
+        self.release_engines()
         total = self.scores(greedy_batch, prompts).sum().item() if prompts else 0.0
         sums = torch.tensor([total, len(prompts)], dtype=torch.float64, device=self.device)
         if dist.is_initialized():
@@ -510,8 +523,7 @@ class PPOTrainer:
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
         }
         torch.save(state, folder / f"trainer-rank{self.rank}.pt")
-        if dist.is_initialized():
-            dist.barrier()
+        barrier()
         if self.rank == 0:
             mark_latest(checkpoints, folder.name)
             for old in checkpoints.glob("iteration-*"):
@@ -556,6 +568,7 @@ class PPOTrainer:
             started = time.perf_counter()
             self.sync_seconds = 0.0
             batch = self.generate(self.rollout, prompts, iteration)  # 1. rollout
+            self.release_engines()
             generated = time.perf_counter()
             experience, rollout_metrics = self.make_experience(batch, prompts)  # 2-3. score, shape
             scored = time.perf_counter()

@@ -14,7 +14,11 @@ from common.config import Config
 from common.files import read_jsonl
 from common.run_dir import RunDir
 from stages.data.datasets import make_world, pretraining_text
-from stages.models.loading import build_model, train_char_tokenizer
+from stages.models.loading import (
+    attention_implementation,
+    build_model,
+    train_char_tokenizer,
+)
 from stages.runtime.lifecycle import StageResult
 from stages.runtime.lm_training import LMTrainingSpec, train_lm
 
@@ -29,7 +33,7 @@ def pretrain(config: Config, run_dir: RunDir, resume: bool, stage: str) -> Stage
         world = make_world(config.world)
         tokenizer = train_char_tokenizer([world.alphabet(), *corpus["text"]])
         set_seed(config.run.seed)
-        model = build_model(config.model.init, tokenizer)
+        model = build_model(config.model.init, tokenizer, attention_implementation(config.model.attn_implementation, config.deepspeed.precision))
         model.save_pretrained(str(init_dir))
         tokenizer.save_pretrained(str(init_dir))
     # 3. train on the Ray workers, 4. save DIR/pretrain/model

@@ -108,7 +108,7 @@ def _worker(spec: RMTrainingSpec, rank: int) -> None:
         set_seed,
     )
 
-    from stages.models.loading import load_tokenizer, peft_config
+    from stages.models.loading import load_tokenizer, model_kwargs, peft_config
     from stages.runtime.hf_trainer import (
         StageFiles,
         resume_point,
@@ -123,7 +123,8 @@ def _worker(spec: RMTrainingSpec, rank: int) -> None:
     tokenizer = load_tokenizer(spec.tokenizer)
     load_kwargs = {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
     set_seed(config.run.seed)  # the fresh score head (and LoRA's A) are the run's, not chance's
-    model = AutoModelForSequenceClassification.from_pretrained(spec.init_model, local_files_only=True, **load_kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(spec.init_model, **model_kwargs(config.model, config.deepspeed.precision),
+                                                               **load_kwargs)
     if section.lora is not None:
         model = get_peft_model(model, peft_config(section.lora, task_type="SEQ_CLS"))
     args = TrainingArguments(**training_arguments(section, config, run_dir, STAGE, rank), remove_unused_columns=False)

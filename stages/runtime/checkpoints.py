@@ -47,10 +47,16 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
 
 
 def barrier() -> None:
-    """Wait for every rank of the worker group (nothing to wait for in a single process)."""
+    """Wait for every rank of the worker group (nothing to wait for in a single process). Under NCCL the
+    barrier names this rank's GPU: without it NCCL guesses a device and can hang (as TRL found)."""
+    import torch
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
         dist.barrier()
 
 

@@ -15,6 +15,7 @@ from common.config import Config, LoraSection, TrainSection
 from common.files import append_jsonl
 from common.run_dir import RunDir
 from stages.runtime.checkpoints import (
+    barrier,
     latest_checkpoint,
     mark_latest,
     merge_lora,
@@ -42,10 +43,7 @@ class StageFiles(TrainerCallback):
             append_jsonl(self.run_dir.metrics_path(self.stage), record)
 
     def on_save(self, args, state, control, **kwargs):
-        import torch
-
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
+        barrier()
         if state.is_world_process_zero:
             mark_latest(self.run_dir.checkpoints_dir(self.stage), f"checkpoint-{state.global_step}")
 

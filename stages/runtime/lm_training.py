@@ -49,7 +49,7 @@ def _worker(spec: LMTrainingSpec, rank: int) -> None:
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from stages.models.loading import load_tokenizer, peft_config
+    from stages.models.loading import load_tokenizer, model_kwargs, peft_config
     from stages.runtime.hf_trainer import (
         StageFiles,
         resume_point,
@@ -70,7 +70,7 @@ def _worker(spec: LMTrainingSpec, rank: int) -> None:
     )
     tokenizer = load_tokenizer(spec.tokenizer)
     set_seed(config.run.seed)  # new weights (LoRA's A under peft_config) are the run's, not chance's
-    model = AutoModelForCausalLM.from_pretrained(spec.init_model, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(spec.init_model, **model_kwargs(config.model, config.deepspeed.precision))
     trainer = SFTTrainer(
         model=model,
         args=args,

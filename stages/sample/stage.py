@@ -21,7 +21,11 @@ from common.run_dir import RunDir
 from labeling_ui.store import open_run_store
 from stages.data.datasets import make_world
 from stages.data.files import prompts_from_file
-from stages.models.loading import attention_implementation, check_model_dir, load_tokenizer
+from stages.models.loading import (
+    attention_implementation,
+    check_model_dir,
+    load_tokenizer,
+)
 from stages.runtime.lifecycle import StageResult
 from stages.runtime.ray_workers import map_on_workers
 from tiny_world import Task
@@ -95,7 +99,12 @@ def sample_on_engines(config: Config, model_dir: Path, shards: list[tuple[int, l
     import ray
 
     from stages.scoring.evaluation import first_line
-    from stages.scoring.vllm_engines import VLLMRollout, engine_specs, start_engines, stop_engines
+    from stages.scoring.vllm_engines import (
+        VLLMRollout,
+        engine_specs,
+        start_engines,
+        stop_engines,
+    )
 
     s, tokenizer = config.sample, load_tokenizer(model_dir)
     specs = engine_specs(config.rollout, str(model_dir), seed, config.deepspeed.precision, config.ray.use_gpu)
@@ -106,7 +115,7 @@ def sample_on_engines(config: Config, model_dir: Path, shards: list[tuple[int, l
         pending = []
         for (index, prompts), rollout in zip(shards, rollouts):
             flat = [p for p in prompts for _ in range(k)]
-            ids = tokenizer(flat, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(flat)["input_ids"]
             seeds = [hash((seed, index, i)) % 2**31 for i in range(len(flat))]
             pending.append(rollout.engine.generate.remote(ids, rollout.sampling, seeds))
         results = []

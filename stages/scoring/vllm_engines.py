@@ -19,8 +19,8 @@ version 0; the trainer sees the version and pushes the current weights before it
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,6 +44,7 @@ class EngineSpec:
     enable_prefix_caching: bool
     cpu_kv_cache_gib: float
     use_gpu: bool
+    sleep_mode: bool = False  # colocated engines release their GPU memory while the trainer learns
 
 
 def engine_dtype(rollout: RolloutSection, precision: str) -> str:
@@ -59,7 +60,7 @@ def engine_specs(rollout: RolloutSection, model_dir: str, seed: int, precision: 
                    max_model_len=rollout.max_model_len, tensor_parallel_size=rollout.tensor_parallel_size,
                    gpu_memory_utilization=rollout.gpu_memory_utilization,
                    enable_prefix_caching=rollout.enable_prefix_caching, cpu_kv_cache_gib=rollout.cpu_kv_cache_gib,
-                   use_gpu=use_gpu)
+                   use_gpu=use_gpu, sleep_mode=rollout.placement == "colocated")
         for i in range(rollout.num_engines)
     ]
 
@@ -85,6 +86,7 @@ class VLLMEngine:
             # log-probs of the distribution actually sampled from (temperature applied): PPO's
             # rollout/logp_diff and the importance weights compare like with like
             logprobs_mode="processed_logprobs",
+            enable_sleep_mode=spec.sleep_mode,
         )
         self.version = 0  # the weights on disk; push_weights sets the trainer's version
         self.staged: list[tuple[str, torch.Tensor]] = []
@@ -138,9 +140,18 @@ class VLLMEngine:
         self.version = version
         return version
 
-    def discard_staged(self) -> None:
-        self.staged = []
+    def sleep(self) -> None:
+        """Level 2: weights and KV cache released (a colocated engine while the trainer learns). The weights
+        are gone, so the version is too: the next sync must resend them all, even unchanged (waking without
+        a resync gives gibberish)."""
+        self.llm.sleep(level=2)
+        self.version = SLEEPING
 
+    def wake_up(self, tags: list[str]) -> None:
+        self.llm.wake_up(tags)
+
+
+SLEEPING = -1  # the version of an engine whose weights were released
 
 ENGINE_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine core in the actor's process: weights load by method call
@@ -158,7 +169,12 @@ def start_engines(ray_config: RaySection, rollout: RolloutSection, specs: list[E
     ensure_ray(ray_config, extra_cpus=len(specs))
     env = {**ENGINE_ENV, "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(rollout.cpu_kv_cache_gib)))}
     env.update({name: value for name, value in os.environ.items() if name.startswith("RLHF_")})  # fault injection
-    gpus = 1 if ray_config.use_gpu and rollout.tensor_parallel_size == 1 else 0  # TP > 1: vLLM places its own workers
+    if not ray_config.use_gpu or rollout.tensor_parallel_size > 1:
+        gpus = 0.0  # TP > 1: vLLM places its own workers
+    elif rollout.placement == "colocated":
+        gpus = 1.0 - ray_config.resources_per_worker.get("GPU", 1.0)  # the part of each GPU the worker leaves
+    else:
+        gpus = 1.0
     actor = ray.remote(VLLMEngine).options(num_cpus=1, num_gpus=gpus, max_restarts=rollout.max_engine_restarts,
                                            max_task_retries=0, runtime_env={"env_vars": env})
     engines = [actor.remote(spec) for spec in specs]
@@ -200,7 +216,7 @@ class VLLMRollout:
     def generate(self, prompts: list[str], seeds: list[int] | None = None) -> RolloutBatch:
         import ray
 
-        prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        prompt_ids = self.tokenizer(prompts)["input_ids"]  # as HFRollout tokenises them (special tokens and all)
         version, results = ray.get(self.engine.generate.remote(prompt_ids, self.sampling, seeds), timeout=self.timeout_s)
         return pad_rollout(prompt_ids, results, self.tokenizer.pad_token_id,
                            self.tokenizer.eos_token_id if self.stop_at_eos else None, version)
@@ -236,11 +252,15 @@ def pad_rollout(prompt_ids: list[list[int]], results: list[tuple[list[int], list
 
 
 def push_weights(engines: list[Any], named_tensors: Iterable[tuple[str, torch.Tensor]], version: int, dtype: torch.dtype,
-                 bucket_mb: float, timeout_s: float) -> float:
+                 bucket_mb: float, timeout_s: float, asleep: bool = False) -> float:
     """Send every (name, tensor) to every engine in buckets of `bucket_mb`, then commit `version` on all of
-    them; returns the MiB sent per engine. Every wait is bounded: a sync that does not finish is an error."""
+    them; returns the MiB sent per engine. Every wait is bounded: a sync that does not finish is an error.
+    Sleeping (colocated) engines wake in two steps around it: their weights' memory first, the KV cache
+    after the new weights are in (both at once, beside the trainer's copy, is vLLM's known OOM)."""
     import ray
 
+    if asleep:
+        ray.get([engine.wake_up.remote(["weights"]) for engine in engines], timeout=timeout_s)
     bucket: list[tuple[str, torch.Tensor]] = []
     size = sent = count = 0
 
@@ -261,6 +281,8 @@ def push_weights(engines: list[Any], named_tensors: Iterable[tuple[str, torch.Te
                 flush()
         flush()
         ray.get([engine.commit_weights.remote(version, count) for engine in engines], timeout=timeout_s)
+        if asleep:
+            ray.get([engine.wake_up.remote(["kv_cache"]) for engine in engines], timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         raise TimeoutError(f"weight sync to the vLLM engines did not finish within rollout.sync_timeout_s ({timeout_s} s)") from None
     return sent / 2**20

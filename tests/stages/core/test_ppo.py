@@ -290,3 +290,29 @@ def test_make_kl_controller_errors():
     with pytest.raises(ValueError, match=r"supported: \['adaptive', 'fixed'\]"):
         make_kl_controller("pid", beta=0.15)
     assert isinstance(make_kl_controller("adaptive", 0.15, target=6.0), AdaptiveKLController)
+
+
+def test_truncated_importance_weights_equal_plain_ppo_when_the_sampler_agrees_and_cap_or_drop_otherwise():
+    from stages.core.ppo import policy_loss, truncated_importance_weights
+
+    old = torch.log(torch.tensor([[0.5, 0.2, 0.1, 0.4]]))
+    mask = torch.tensor([[True, True, True, False]])
+    logprobs, advantages = old + 0.1, torch.tensor([[1.0, -0.5, 2.0, 3.0]])
+    plain, _ = policy_loss(logprobs, old, advantages, mask)
+    for mode in ("none", "token_truncate", "token_mask"):
+        weights, kept, clipfrac = truncated_importance_weights(old, old, mask, mode, 0.5, 5.0)
+        loss, _ = policy_loss(logprobs, old, advantages, kept, token_weights=weights)
+        assert loss.item() == pytest.approx(plain.item(), abs=1e-7) and clipfrac.item() == 0.0
+    # the sampler thought token 0 far less likely (ratio 10), token 1 far more likely (ratio 0.1)
+    rollout = old - torch.log(torch.tensor([[10.0, 0.1, 1.0, 10.0]]))
+    weights, kept, clipfrac = truncated_importance_weights(old, rollout, mask, "token_truncate", 0.5, 5.0)
+    assert_close(weights, torch.tensor([[5.0, 0.1, 1.0, 5.0]]), abs=1e-5)
+    assert torch.equal(kept, mask) and clipfrac.item() == pytest.approx(1 / 3)
+    weights, kept, clipfrac = truncated_importance_weights(old, rollout, mask, "token_mask", 0.5, 5.0)
+    assert torch.equal(kept, torch.tensor([[False, False, True, False]])) and clipfrac.item() == pytest.approx(2 / 3)
+    # the weighted loss is the token mean of w x the clipped surrogate
+    weights, kept, _ = truncated_importance_weights(old, rollout, mask, "token_truncate", 0.5, 5.0)
+    loss, _ = policy_loss(logprobs, old, advantages, kept, token_weights=weights)
+    ratio = torch.exp(logprobs - old)
+    per_token = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(0.8, 1.2)) * weights
+    assert loss.item() == pytest.approx(per_token[mask].mean().item(), abs=1e-6)

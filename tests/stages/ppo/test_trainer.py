@@ -2,11 +2,9 @@
 models: experience masks nothing after EOS, and the ptx term's gradient reaches the actor in the
 same optimizer step as the policy loss."""
 
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -16,18 +14,6 @@ from transformers import (
 from common.config import load_config
 from stages.ppo.trainer import PPOTrainer, PPOTrainingSpec
 from tiny_world import TinyWorld
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("LOCAL_RANK", "0")  # what a launcher (here Ray Train) sets for DeepSpeed
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-        yield
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

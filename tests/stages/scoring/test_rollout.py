@@ -63,3 +63,24 @@ def test_lm_loss_ignores_padding(model, tokenizer):
         lengths = [len(t) - 1 for t in texts]  # char tokenizer: one token per character
         expected = sum(l * n for l, n in zip(alone, lengths)) / sum(lengths)
         torch.testing.assert_close(lm_loss(model, **padded), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_engine_replies_take_the_hf_rollout_layout():
+    """vLLM's replies (response ids, log-probs, ended) re-padded: prompts left-padded, responses right-padded,
+    the mask through EOS (a stop row) or to the end (a row cut at max_new_tokens)."""
+    from stages.scoring.vllm_engines import pad_rollout
+
+    pad, eos = 0, 1
+    prompts = [[5, 6, 7], [8]]
+    replies = [([9, 1], [-0.5, -0.25], True), ([4, 4, 4], [-1.0, -2.0, -3.0], False)]
+    batch = pad_rollout(prompts, replies, pad, eos, version=3)
+    assert batch.sequences.tolist() == [[5, 6, 7, 9, 1, 0], [0, 0, 8, 4, 4, 4]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]]
+    assert batch.response_mask.tolist() == [[True, True, False], [True, True, True]]
+    assert batch.ended.tolist() == [True, False] and batch.prompt_length == 3
+    assert batch.logprobs.tolist() == [[-0.5, -0.25, 0.0], [-1.0, -2.0, -3.0]]
+    assert torch.equal(batch.rollout_logprobs, batch.logprobs) and batch.weight_version == 3
+    # fixed length (no EOS): every generated token counts
+    fixed = pad_rollout(prompts, replies, pad, None, version=0)
+    assert fixed.response_mask.tolist() == [[True, True, False], [True, True, True]]
+    assert batch.select(torch.tensor([1])).sequences.tolist() == [[0, 0, 8, 4, 4, 4]]

@@ -6,17 +6,17 @@ update, differ after an update until the sync, and equal them again after it. Th
 engine inside a generate call: Ray restarts it from disk (version 0), the trainer notices, pushes its
 weights and asks again."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    GPT2Config,
+)
 
 from common.config import load_config  # noqa: E402
 from stages.ppo.trainer import PPOTrainer, PPOTrainingSpec  # noqa: E402
@@ -24,18 +24,6 @@ from stages.runtime.testing import ENGINE_FAULT_ENV, ENGINE_FAULT_MARKER_ENV  # 
 from tiny_world import TinyWorld  # noqa: E402
 
 FAULT_AT_CALL = 2  # the engine's second generate call kills its process, once
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("LOCAL_RANK", "0")
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-        yield
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +144,22 @@ def test_a_ppo_iteration_on_engine_rollouts_uses_the_actors_logprobs(trainer):
     trainer.iteration = before + 1
     nxt = trainer.generate(trainer.rollout, trainer.iteration_prompts(trainer.iteration), trainer.iteration)
     assert nxt.weight_version == before + 1
+
+
+def test_a_sleeping_engine_is_woken_and_resent_every_weight_even_unchanged(trainer, tokenizer):
+    """Colocated engines sleep at level 2 (weights released) while the trainer learns. The protocol runs
+    here on CPU, where vLLM's sleep keeps the memory: what it must get right is the version, which forces a
+    full resend although the actor did not change."""
+    import ray
+
+    from stages.scoring.vllm_engines import SLEEPING
+
+    engine = trainer.engines[0]
+    ray.get(engine.sleep.remote(), timeout=60)
+    assert ray.get(engine.ready.remote(), timeout=60) == SLEEPING
+    trainer.sync_seconds = 0.0
+    trainer.update_engines()
+    assert trainer.sync_seconds > 0 and ray.get(engine.ready.remote(), timeout=60) == trainer.iteration
+    sequence = torch.tensor([tokenizer("Q: sort the letters of cab\nA: abc")["input_ids"]])
+    _, synced = engine_logprobs(trainer, sequence)
+    assert (synced - trainer_logprobs(trainer, sequence)).abs().max() <= 1e-4

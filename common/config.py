@@ -484,11 +484,12 @@ class RolloutSection(Section):
         "auto", description="vllm: the engine's weights; auto: bfloat16 when deepspeed.precision is bf16, else float32."
     )
     cpu_kv_cache_gib: float = Field(1.0, gt=0.0, description="vllm on CPU: KV cache size per engine, GiB.")
-    old_logprobs: Literal["trainer", "rollout"] = Field(
-        "trainer",
+    old_logprobs: Literal["auto", "trainer", "rollout"] = Field(
+        "auto",
         description="Where PPO's log pi_old comes from: trainer (one no-grad forward of the actor after the rollout; "
-        "required with vllm, whose numerics differ) or rollout (the HF generation pass's own logits: exact on CPU fp32, "
-        "one forward cheaper).",
+        "needed with vllm, whose numerics differ, and in bf16, where cached decoding drifts from a full forward), "
+        "rollout (the HF generation pass's own logits: exact in fp32, one forward cheaper), or auto: rollout for hf "
+        "in fp32, else trainer.",
     )
     tis: TISSection = Field(default_factory=TISSection)
     zero3_generation: Literal["gather", "per_layer"] = Field(
@@ -500,6 +501,13 @@ class RolloutSection(Section):
     request_timeout_s: float = Field(600.0, gt=0.0, description="vllm: longest wait for one generate call.")
     sync_timeout_s: float = Field(300.0, gt=0.0, description="vllm: longest wait for one weight-sync call.")
     sync_bucket_mb: float = Field(64.0, gt=0.0, description="vllm: weights sent to the engines per call, MiB.")
+
+
+def pi_old_source(rollout: RolloutSection, precision: str) -> str:
+    """rollout.old_logprobs with auto resolved: the generation pass where it is exact (HF, fp32)."""
+    if rollout.old_logprobs != "auto":
+        return rollout.old_logprobs
+    return "rollout" if rollout.engine == "hf" and precision == "fp32" else "trainer"
 
 
 class RaySection(Section):
@@ -553,9 +561,8 @@ class Config(Section):
         if rollout.engine == "vllm" and rollout.old_logprobs == "rollout":
             raise ValueError("rollout.old_logprobs 'rollout' takes pi_old from HF's generation pass; with rollout.engine "
                              "vllm use 'trainer' (vLLM's numerics differ from the trainer's)")
-        if rollout.tis.mode != "none" and (rollout.engine != "vllm" or rollout.old_logprobs != "trainer"):
-            raise ValueError("rollout.tis corrects for a sampler other than the trainer: it needs rollout.engine vllm "
-                             "(and old_logprobs trainer)")
+        if rollout.tis.mode != "none" and rollout.engine != "vllm":
+            raise ValueError("rollout.tis corrects for a sampler other than the trainer: it needs rollout.engine vllm")
         if rollout.engine == "vllm" and ppo.lora is not None:
             raise ValueError("ppo.lora with rollout.engine vllm is not supported: use rollout.engine hf")
         if rollout.tensor_parallel_size > 1 and not self.ray.use_gpu:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from common.config import Config
+from common.config import Config, pi_old_source
 from common.files import append_jsonl, atomic_write_json
 from common.run_dir import RunDir
 from stages.core.functional import masked_mean, masked_whiten, token_logprobs
@@ -331,7 +331,7 @@ class PPOTrainer:
             for _ in weights:  # the other ranks' share of each gather
                 pass
         barrier()
-        self.sync_seconds = time.perf_counter() - started
+        self.sync_seconds += time.perf_counter() - started
 
     def actor_weights(self):
         """(HF name, full tensor) of every actor parameter in order, a tied one under each of its names (an
@@ -382,7 +382,7 @@ class PPOTrainer:
         T, mask = batch.response_mask.shape[1], batch.response_mask
         responses = batch.sequences[:, batch.prompt_length :]
         sampler_logprobs = batch.logprobs
-        if self.rollout_config.old_logprobs == "trainer":
+        if pi_old_source(self.rollout_config, self.config.deepspeed.precision) == "trainer":
             batch = replace(batch, logprobs=torch.where(mask, self.actor_logprobs(batch), 0.0), rollout_logprobs=sampler_logprobs)
         if self.reference is None:
             with self.actor.module.disable_adapter():
@@ -583,13 +583,10 @@ class PPOTrainer:
             record.update({
                 "ppo/beta": self.kl_controller.value,
                 "time/generate": generated - started,
-                "time/weight_sync": self.sync_seconds,
                 "time/score": scored - generated,
                 "time/train": trained - scored,
                 "ppo/episodes_per_second": ppo.episodes_per_iteration / (trained - started),
             })
-            if self.engines is not None:
-                record.update({"rollout/engine_restarts": self.engine_restarts, "rollout/weight_sync_mib": self.sync_mib})
             if ppo.max_kl is not None and metrics["kl"] > ppo.max_kl:
                 self.over_budget = True
             if self.iteration % ppo.eval_every == 0 or self.iteration == ppo.iterations or self.over_budget:
@@ -598,6 +595,9 @@ class PPOTrainer:
                 if not self.over_budget and validation > self.best_score:
                     self.best_score = validation
                     self.save_model(self.run_dir.stage_dir(self.spec.stage) / BEST_DIR)
+            if self.engines is not None:  # after validation, whose rollout may have brought the engines up to date
+                record.update({"rollout/engine_restarts": self.engine_restarts, "rollout/weight_sync_mib": self.sync_mib,
+                               "time/weight_sync": self.sync_seconds})
             self.log(record, writer)
             progress.update(1)
             progress.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.2f}")

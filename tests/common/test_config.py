@@ -116,3 +116,16 @@ def test_rules_across_sections_refuse_the_config_before_anything_starts(override
     # once, in the config, where a stage body or a Ray worker found them before
     with pytest.raises(InputError, match=r"config file .*tiny.yaml: " + message):
         load_config(None, overrides)
+
+
+def test_pi_old_comes_from_the_generation_pass_only_where_that_is_exact():
+    from common.config import pi_old_source
+
+    def source(*overrides):
+        config = load_config(None, list(overrides))
+        return pi_old_source(config.rollout, config.deepspeed.precision)
+
+    assert source() == "rollout"  # HF generate in fp32: its logits are the forward's
+    assert source("deepspeed.precision=bf16") == "trainer"  # cached bf16 decoding drifts from a full forward
+    assert source("rollout.engine=vllm") == "trainer"  # another engine's numerics
+    assert source("rollout.old_logprobs=trainer") == "trainer"

@@ -421,6 +421,26 @@ def test_sample_stage_on_vllm_engines_fills_the_ranking_database(zero3_run, tmp_
     assert sample["metrics"]["sample/imported"] == 24  # every prompt is a ranking task in the database
 
 
+@pytest.mark.vllm
+def test_eval_on_vllm_engines_decodes_as_hf_does(zero3_run, tmp_path):
+    """The eval stage with each policy served by a vLLM engine: greedy responses (what the report scores) are
+    HF's on CPU fp32, and the sampled ones get their KL to SFT from the policy's own forward."""
+    pytest.importorskip("vllm")
+    run_dir, _ = zero3_run
+    common = ["--set", f"eval.policies={{sft: {run_dir / 'sft' / 'model'}, ppo: {run_dir / 'ppo' / 'model'}}}",
+              "--set", f"eval.reward_model={run_dir / 'rm' / 'model'}", "--set", "world.eval_per_family=5",
+              "--set", "eval.corpus_docs=8"]
+    for engine in ("hf", "vllm"):
+        run(["-m", "stages.eval", "--run-dir", str(tmp_path / engine), *common, "--set", f"rollout.engine={engine}"])
+    hf, vllm = (read_jsonl(tmp_path / engine / "eval" / "responses.jsonl") for engine in ("hf", "vllm"))
+    for policy in ("sft", "ppo"):
+        same = sum(a[policy]["response"] == b[policy]["response"] for a, b in zip(hf, vllm))
+        assert same >= 0.9 * len(hf), (policy, same, len(hf))
+    figures = json.loads((tmp_path / "vllm" / "eval" / "policies.json").read_text())
+    assert figures["sft"]["kl_to_sft"] == pytest.approx(0.0, abs=1e-4)  # the policy's forward is the reference's
+    assert math.isfinite(figures["ppo"]["kl_to_sft"]) and abs(figures["ppo"]["kl_to_sft"]) < 3
+
+
 def test_human_labeling_pauses_the_run_until_enough_rankings_are_in(zero3_run, tmp_path):
     """labeling.mode human: the run stops at label (awaiting_labels, progress in `rlhf status`);
     annotators rank in the real app; `rlhf run --resume` then exports their rankings."""

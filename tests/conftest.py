@@ -1,6 +1,7 @@
 import socket
 
 import pytest
+import torch
 
 from stages.models.loading import train_char_tokenizer
 from tiny_world import TinyWorld
@@ -32,3 +33,28 @@ def process_group():
             deepspeed_comm.destroy_process_group()
         else:
             dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ppo_models(tmp_path_factory, tokenizer):
+    """A random GPT-2 actor and a reward model of its shape (reward_bias -0.5), each saved with the tiny
+    world's tokenizer (vLLM reads both from one directory), dropout off so that ratios start at 1; head
+    size 32, the least vLLM's CPU attention takes."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        GPT2Config,
+    )
+
+    root = tmp_path_factory.mktemp("models")
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=64, n_head=2, n_positions=128, num_labels=1,
+                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(root / "actor")
+    reward = AutoModelForSequenceClassification.from_config(config)
+    reward.config.reward_bias = -0.5
+    reward.save_pretrained(root / "rm")
+    for name in ("actor", "rm"):
+        tokenizer.save_pretrained(root / name)
+    return root

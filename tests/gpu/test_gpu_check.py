@@ -156,25 +156,7 @@ def process_group():
         torch.cuda.empty_cache()  # leave the GPU's memory to the stages and vLLM engines that follow
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, tokenizer):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
-
-    root = tmp_path_factory.mktemp("models")
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=64, n_head=2, n_positions=96, num_labels=1,
-                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(root / "actor")
-    reward = AutoModelForSequenceClassification.from_config(config)
-    reward.config.reward_bias = -0.5
-    reward.save_pretrained(root / "rm")
-    for name in ("actor", "rm"):
-        tokenizer.save_pretrained(root / name)
-    return root
-
-
-def make_trainer(models, run_dir, *overrides):
+def make_trainer(ppo_models, run_dir, *overrides):
     from stages.ppo.trainer import PPOTrainer, PPOTrainingSpec
 
     config = load_config(None, [
@@ -183,17 +165,17 @@ def make_trainer(models, run_dir, *overrides):
     ])
     world = TinyWorld()
     prompts = [e.prompt for e in world.train_examples(16, "ppo")]
-    spec = PPOTrainingSpec(config=config, run_dir=str(run_dir), stage="ppo", actor=str(models / "actor"),
-                           reference=str(models / "actor"), reward_model=str(models / "rm"), critic=str(models / "rm"),
-                           tokenizer=str(models / "actor"), prompts=prompts, validation_prompts=[],
+    spec = PPOTrainingSpec(config=config, run_dir=str(run_dir), stage="ppo", actor=str(ppo_models / "actor"),
+                           reference=str(ppo_models / "actor"), reward_model=str(ppo_models / "rm"), critic=str(ppo_models / "rm"),
+                           tokenizer=str(ppo_models / "actor"), prompts=prompts, validation_prompts=[],
                            pretraining=world.corpus(50), tasks=None)
     return PPOTrainer(spec)
 
 
-def test_g1_ppo_trainer_iterates_with_every_tensor_on_the_device(process_group, models, tmp_path):
+def test_g1_ppo_trainer_iterates_with_every_tensor_on_the_device(process_group, ppo_models, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    trainer = make_trainer(models, tmp_path)
+    trainer = make_trainer(ppo_models, tmp_path)
     assert trainer.device == DEVICE
     for name in ("actor", "critic", "reference", "reward_model"):  # the frozen ones too: stage-0 engines
         parameters = list(getattr(trainer, name).module.parameters())

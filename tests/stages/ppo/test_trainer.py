@@ -3,12 +3,9 @@ models: experience masks nothing after EOS, and the ptx term's gradient reaches 
 same optimizer step as the policy loss."""
 
 
-import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    GPT2Config,
 )
 
 from common.config import load_config
@@ -16,37 +13,21 @@ from stages.ppo.trainer import PPOTrainer, PPOTrainingSpec
 from tiny_world import TinyWorld
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("models")
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=2, n_positions=96, num_labels=1,
-                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(root / "actor")
-    reward = AutoModelForSequenceClassification.from_config(config)
-    reward.config.reward_bias = -0.5
-    reward.save_pretrained(root / "rm")
-    for name in ("actor", "rm"):
-        tokenizer.save_pretrained(root / name)
-    return root
-
-
-def make_trainer(models, run_dir, *overrides):
+def make_trainer(ppo_models, run_dir, *overrides):
     config = load_config(None, [
         "ppo.episodes_per_iteration=8", "ppo.minibatches=2", "ppo.ppo_epochs=1", "ppo.max_new_tokens=12",
         "ppo.actor_lr=1e-3", "ppo.warmup_iterations=0", "ppo.ptx_max_length=64", *overrides,
     ])
     world = TinyWorld()
     prompts = [e.prompt for e in world.train_examples(16, "ppo")]
-    spec = PPOTrainingSpec(config=config, run_dir=str(run_dir), stage="ppo", actor=str(models / "actor"), reference=str(models / "actor"),
-                 reward_model=str(models / "rm"), critic=str(models / "rm"), tokenizer=str(models / "actor"),
+    spec = PPOTrainingSpec(config=config, run_dir=str(run_dir), stage="ppo", actor=str(ppo_models / "actor"), reference=str(ppo_models / "actor"),
+                 reward_model=str(ppo_models / "rm"), critic=str(ppo_models / "rm"), tokenizer=str(ppo_models / "actor"),
                  prompts=prompts, validation_prompts=[], pretraining=world.corpus(50), tasks=None)
     return PPOTrainer(spec)
 
 
-def test_experience_ignores_everything_after_eos(process_group, models, tmp_path):
-    trainer = make_trainer(models, tmp_path)
+def test_experience_ignores_everything_after_eos(process_group, ppo_models, tmp_path):
+    trainer = make_trainer(ppo_models, tmp_path)
     prompts = trainer.iteration_prompts(0)
     batch = trainer.rollout.generate(prompts)
     experience, metrics = trainer.make_experience(batch, prompts)
@@ -57,10 +38,10 @@ def test_experience_ignores_everything_after_eos(process_group, models, tmp_path
     assert metrics["response_length"] == mask.sum(-1).float().mean().item()
 
 
-def test_ptx_gradient_joins_the_policy_gradient_in_one_actor_step(process_group, models, tmp_path):
+def test_ptx_gradient_joins_the_policy_gradient_in_one_actor_step(process_group, ppo_models, tmp_path):
     weights, steps = {}, {}
     for coef in (0.0, 1.0):
-        trainer = make_trainer(models, tmp_path / str(coef), f"ppo.ptx_coef={coef}")
+        trainer = make_trainer(ppo_models, tmp_path / str(coef), f"ppo.ptx_coef={coef}")
         torch.manual_seed(0)
         prompts = trainer.iteration_prompts(0)
         experience, _ = trainer.make_experience(trainer.rollout.generate(prompts), prompts)
@@ -72,8 +53,8 @@ def test_ptx_gradient_joins_the_policy_gradient_in_one_actor_step(process_group,
     assert not torch.allclose(weights[0.0], weights[1.0])  # the ptx gradient changed those same steps
 
 
-def test_the_saved_policy_is_the_ema_of_the_actor_weights(process_group, models, tmp_path):
-    trainer = make_trainer(models, tmp_path, "ppo.ema_decay=0.5")
+def test_the_saved_policy_is_the_ema_of_the_actor_weights(process_group, ppo_models, tmp_path):
+    trainer = make_trainer(ppo_models, tmp_path, "ppo.ema_decay=0.5")
     start = [p.detach().clone() for p in trainer.actor.module.parameters()]
     prompts = trainer.iteration_prompts(0)
     experience, _ = trainer.make_experience(trainer.rollout.generate(prompts), prompts)
@@ -88,8 +69,8 @@ def test_the_saved_policy_is_the_ema_of_the_actor_weights(process_group, models,
         torch.testing.assert_close(parameter, average)
 
 
-def test_lora_actor_uses_itself_without_adapters_as_the_reference_and_saves_merged(process_group, models, tmp_path):
-    trainer = make_trainer(models, tmp_path, "ppo.lora.r=4", "ppo.lora.target_modules=[c_attn]", "ppo.actor_lr=1e-2")
+def test_lora_actor_uses_itself_without_adapters_as_the_reference_and_saves_merged(process_group, ppo_models, tmp_path):
+    trainer = make_trainer(ppo_models, tmp_path, "ppo.lora.r=4", "ppo.lora.target_modules=[c_attn]", "ppo.actor_lr=1e-2")
     assert trainer.reference is None
     prompts = trainer.iteration_prompts(0)
     batch = trainer.rollout.generate(prompts)
@@ -100,6 +81,6 @@ def test_lora_actor_uses_itself_without_adapters_as_the_reference_and_saves_merg
     assert abs(metrics["kl"]) > 1e-4  # trained adapters move the policy, adapters off do not
     trainer.save_model(tmp_path / "policy")
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "policy", local_files_only=True)
-    base = AutoModelForCausalLM.from_pretrained(models / "actor", local_files_only=True)
+    base = AutoModelForCausalLM.from_pretrained(ppo_models / "actor", local_files_only=True)
     assert merged.state_dict().keys() == base.state_dict().keys()
     assert not torch.equal(merged.state_dict()["transformer.h.0.attn.c_attn.weight"], base.state_dict()["transformer.h.0.attn.c_attn.weight"])

@@ -12,11 +12,6 @@ import torch
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
-from transformers import (  # noqa: E402
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    GPT2Config,
-)
 
 from common.config import load_config  # noqa: E402
 from stages.ppo.trainer import PPOTrainer, PPOTrainingSpec  # noqa: E402
@@ -24,28 +19,12 @@ from stages.runtime.testing import ENGINE_FAULT_ENV, ENGINE_FAULT_MARKER_ENV  # 
 from tiny_world import TinyWorld  # noqa: E402
 
 FAULT_AT_CALL = 2  # the engine's second generate call kills its process, once
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("models")
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=64, n_head=2, n_positions=128, num_labels=1,  # head_dim 32: vLLM CPU attention needs >= 32
-                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(root / "actor")
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(root / "rm")
-    for name in ("actor", "rm"):
-        tokenizer.save_pretrained(root / name)
-    return root
-
-
 OVERRIDES = ["ppo.episodes_per_iteration=8", "ppo.minibatches=2", "ppo.ppo_epochs=1", "ppo.max_new_tokens=12",
              "ppo.actor_lr=1e-3", "ppo.warmup_iterations=0", "ppo.ptx_coef=0", "rollout.engine=vllm", "ray.num_workers=1"]
 
 
 @pytest.fixture(scope="module")
-def engines(models, tmp_path_factory):
+def engines(ppo_models, tmp_path_factory):
     import ray
 
     from stages.scoring.vllm_engines import engine_specs, start_engines, stop_engines
@@ -55,19 +34,19 @@ def engines(models, tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv(ENGINE_FAULT_ENV, str(FAULT_AT_CALL))
         env.setenv(ENGINE_FAULT_MARKER_ENV, str(marker))
-        handles = start_engines(config.ray, config.rollout, engine_specs(config.rollout, str(models / "actor"), 0, "fp32", False))
+        handles = start_engines(config.ray, config.rollout, engine_specs(config.rollout, str(ppo_models / "actor"), 0, "fp32", False))
     yield handles, marker
     stop_engines(handles)
     ray.shutdown()
 
 
 @pytest.fixture(scope="module")
-def trainer(process_group, models, engines, tmp_path_factory):
+def trainer(process_group, ppo_models, engines, tmp_path_factory):
     config = load_config(None, OVERRIDES)
     world = TinyWorld()
-    spec = PPOTrainingSpec(config=config, run_dir=str(tmp_path_factory.mktemp("run")), stage="ppo", actor=str(models / "actor"),
-                           reference=str(models / "actor"), reward_model=str(models / "rm"), critic=str(models / "rm"),
-                           tokenizer=str(models / "actor"), prompts=[e.prompt for e in world.train_examples(16, "ppo")],
+    spec = PPOTrainingSpec(config=config, run_dir=str(tmp_path_factory.mktemp("run")), stage="ppo", actor=str(ppo_models / "actor"),
+                           reference=str(ppo_models / "actor"), reward_model=str(ppo_models / "rm"), critic=str(ppo_models / "rm"),
+                           tokenizer=str(ppo_models / "actor"), prompts=[e.prompt for e in world.train_examples(16, "ppo")],
                            validation_prompts=[], pretraining=[], tasks=None, engines=engines[0])
     return PPOTrainer(spec)
 

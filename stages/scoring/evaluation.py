@@ -52,7 +52,7 @@ def world_prompts(examples: list[Example], world: TinyWorld, mixture: MixtureSec
 
 
 def heldout_report(model_dir: str | Path, world_section: WorldSection, tokenizer_dir: str | Path | None = None,
-                   mixture: MixtureSection | None = None) -> dict[str, float]:
+                   mixture: MixtureSection | None = None, device: torch.device | str = "cpu") -> dict[str, float]:
     """Greedy held-out exact match and true score of a model on the tiny world: over held-out
     instances of the training families (the headline), per family, and over held-out families
     (with the Natural-Instructions EM and ROUGE-L there)."""
@@ -60,7 +60,7 @@ def heldout_report(model_dir: str | Path, world_section: WorldSection, tokenizer
 
     world = make_world(world_section)
     examples: list[Example] = world.heldout_examples(world_section.eval_per_family)
-    model = load_policy(model_dir)
+    model = load_policy(model_dir).to(device)
     tokenizer = load_tokenizer(tokenizer_dir or model_dir)
     scores = world_scores(examples, {"greedy": generate(model, tokenizer, world_prompts(examples, world, mixture, tokenizer))})
 

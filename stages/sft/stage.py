@@ -4,7 +4,7 @@ Reads:  DIR/pretrain/model, or model.name_or_path (a local pretrained model); da
         dataset in TRL's formats) or the tiny world's demonstrator; data.pretrain or the tiny
         world's corpus for the pretraining mix.
 Writes: DIR/sft/model (HF format; with model.lora also DIR/sft/adapter; with sft.method bitune or cmlm
-        the method's own model, loaded by stages.modeling.load_policy), DIR/sft/checkpoints,
+        the method's own model, loaded by stages.models.loading.load_policy), DIR/sft/checkpoints,
         metrics.jsonl, tensorboard/, and in the manifest the held-out exact match of the base
         model and of the SFT model (tiny world).
 Loss on completion tokens only, plus the LM loss on `sft.pretrain_mix` pretraining documents per
@@ -18,7 +18,12 @@ from pathlib import Path
 from common.config import Config
 from common.run_dir import RunDir
 from stages.data.datasets import mix_pretraining, pretraining_text, sft_dataset
-from stages.models.loading import check_model_dir, load_tokenizer, tokenizer_path
+from stages.models.loading import (
+    check_model_dir,
+    inference_device,
+    load_tokenizer,
+    tokenizer_path,
+)
 from stages.runtime.lifecycle import StageResult
 from stages.runtime.lm_training import LMTrainingSpec, train_lm
 from stages.scoring.evaluation import heldout_report
@@ -60,9 +65,10 @@ def sft(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResul
     # 5. held-out exact match of the base and the SFT model, on the tiny world's tasks
     metrics = {}
     if config.data.sft is None:
-        metrics = heldout_report(model_dir, config.world, mixture=config.data.mixture)
+        device = inference_device(config.ray.use_gpu)
+        metrics = heldout_report(model_dir, config.world, mixture=config.data.mixture, device=device)
         if stage == "sft":  # the comparison stages share this base: `sft` reports it once
-            base_report = heldout_report(base, config.world, tokenizer_dir, config.data.mixture)
+            base_report = heldout_report(base, config.world, tokenizer_dir, config.data.mixture, device)
             metrics["base/heldout_exact_match"] = base_report["heldout_exact_match"]
     return StageResult(outputs=outputs, metrics=metrics)
 

@@ -58,6 +58,7 @@ def ray_head(tmp_path_factory):
             if time.time() > deadline or head.poll() is not None:
                 os.killpg(head.pid, signal.SIGKILL)
                 auth.undo()
+                forget_ray_auth()
                 raise
             time.sleep(1)
     yield address
@@ -68,6 +69,16 @@ def ray_head(tmp_path_factory):
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
     auth.undo()
+    forget_ray_auth()
+
+
+def forget_ray_auth() -> None:
+    """Ray reads its auth mode and token once per process and keeps them: after this module's token is
+    gone, later tests in this process that start a local Ray would have it look for that token."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def rlhf(*args, check=True):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common.config import Config
 from common.files import atomic_write_jsonl
+from common.inputs import require_causal_lm_for_vllm
 from common.run_dir import RunDir
 from labeling_ui.store import open_run_store
 from stages.data.datasets import make_world
@@ -106,6 +107,7 @@ def sample_on_engines(config: Config, model_dir: Path, shards: list[tuple[int, l
         stop_engines,
     )
 
+    require_causal_lm_for_vllm(model_dir, "sample policy (rollout.engine vllm)")  # e.g. a Bitune SFT model
     s, tokenizer = config.sample, load_tokenizer(model_dir)
     specs = engine_specs(config.rollout, str(model_dir), seed, config.deepspeed.precision, config.ray.use_gpu)
     engines = start_engines(config.ray, config.rollout, specs)

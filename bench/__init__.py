@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 SUMMARY_ENV = "RLHF_BENCH_SUMMARY"  # set by `python -m bench`: the file that collects the headline figures
 
@@ -18,3 +19,13 @@ def record(benchmark: str, figure: str, value: float, unit: str = "", goal: str 
     if path:
         with open(path, "a") as f:
             f.write(json.dumps({"benchmark": benchmark, "figure": figure, "value": value, "unit": unit, "goal": goal}) + "\n")
+
+
+def best_of(repeats: int, fn) -> float:
+    """The fastest of `repeats` timed calls, in seconds (the least disturbed by other work)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)

@@ -13,19 +13,8 @@ on one-word answers (the tiny world's) autoregressive decoding is the cheaper on
 from __future__ import annotations
 
 import argparse
-import time
 
-from bench import record
-
-
-def best_of(repeats: int, fn) -> float:
-    """The fastest of `repeats` timed calls, in seconds (the least disturbed by other work)."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
+from bench import best_of, record
 
 
 def main() -> None:

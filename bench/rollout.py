@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench import record
+from bench import best_of, record
 from common.config import TINY_GPT2, load_config
 from stages.models.loading import build_model, train_char_tokenizer
 from stages.scoring.rollout import HFRollout
@@ -46,14 +46,9 @@ def build(root: Path, init: dict, dtype: torch.dtype):
 
 
 def timed(fn, repeats: int) -> float:
-    """The median seconds of `repeats` calls, after one warm-up call."""
+    """The fastest of `repeats` calls after one warm-up call (an engine's first call compiles its kernels)."""
     fn()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - started)
-    return sorted(seconds)[len(seconds) // 2]
+    return best_of(repeats, fn)
 
 
 def bench_workload(name: str, args, device: torch.device, dtype: torch.dtype) -> None:

@@ -101,25 +101,24 @@ def sample_on_engines(config: Config, model_dir: Path, shards: list[tuple[int, l
 
     from stages.scoring.evaluation import first_line
     from stages.scoring.vllm_engines import (
-        VLLMRollout,
         engine_specs,
+        sampling_params,
         start_engines,
         stop_engines,
     )
 
     require_causal_lm_for_vllm(model_dir, "sample policy (rollout.engine vllm)")  # e.g. a Bitune SFT model
     s, tokenizer = config.sample, load_tokenizer(model_dir)
+    sampling = sampling_params(s.max_new_tokens, s.temperature, greedy=False, stop_at_eos=True)
     specs = engine_specs(config.rollout, str(model_dir), seed, config.deepspeed.precision, config.ray.use_gpu)
     engines = start_engines(config.ray, config.rollout, specs)
     try:
-        rollouts = [VLLMRollout(engines[index % len(engines)], tokenizer, s.max_new_tokens, s.temperature,
-                                timeout_s=config.rollout.request_timeout_s) for index, _ in shards]
-        pending = []
-        for (index, prompts), rollout in zip(shards, rollouts):
+        pending = []  # every shard's request at once, so that the engines work in parallel
+        for index, prompts in shards:
             flat = [p for p in prompts for _ in range(k)]
-            ids = tokenizer(flat)["input_ids"]
             seeds = [hash((seed, index, i)) % 2**31 for i in range(len(flat))]
-            pending.append(rollout.engine.generate.remote(ids, rollout.sampling, seeds))
+            engine = engines[index % len(engines)]
+            pending.append(engine.generate.remote(tokenizer(flat)["input_ids"], sampling, seeds))
         results = []
         for _, replies in ray.get(pending, timeout=config.rollout.request_timeout_s):
             texts = tokenizer.batch_decode([tokens for tokens, _, _ in replies], skip_special_tokens=True)

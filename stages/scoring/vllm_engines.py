@@ -224,7 +224,8 @@ class VLLMRollout:
 
 def pad_rollout(prompt_ids: list[list[int]], results: list[tuple[list[int], list[float], bool]], pad_id: int,
                 eos_id: int | None, version: int) -> RolloutBatch:
-    """An engine's (response ids, log-probs, ended) per prompt as a RolloutBatch in HFRollout's layout."""
+    """An engine's (response ids, log-probs, ended) per prompt as a RolloutBatch in HFRollout's layout, built
+    on the CPU where the replies arrive; the trainer moves it to the actor's device (RolloutBatch.to)."""
     P = max(len(ids) for ids in prompt_ids)
     T = max(1, max(len(tokens) for tokens, _, _ in results))
     sequences = torch.full((len(prompt_ids), P + T), pad_id, dtype=torch.long)

@@ -100,7 +100,7 @@ def bench_ppo_iteration(args, device: torch.device) -> None:
     import ray
     import torch.distributed as dist
 
-    from bench.ppo_iteration import make_models, start_group
+    from bench.ppo_iteration import WORKLOADS, make_models, start_group
     from stages.ppo.trainer import PPOTrainer, PPOTrainingSpec
     from stages.scoring.vllm_engines import engine_specs, start_engines, stop_engines
 
@@ -108,7 +108,7 @@ def bench_ppo_iteration(args, device: torch.device) -> None:
     world = TinyWorld()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_models(root, world)
+        make_models(root, world, WORKLOADS["tiny"])
         for engine in ("hf", "vllm"):
             config = load_config(None, [f"rollout.engine={engine}", "ray.num_workers=1", "ppo.episodes_per_iteration=32",
                                         "ppo.minibatches=2", "ppo.ppo_epochs=2", f"ppo.max_new_tokens={args.new_tokens}",

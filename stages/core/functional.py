@@ -54,8 +54,10 @@ def masked_whiten(x, mask, shift_mean=True, eps=1e-8):
 
 
 def token_logprobs(logits, tokens):
-    """log softmax(logits) at ``tokens``: logits (B, T, V), tokens (B, T) -> (B, T)."""
-    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    """log softmax(logits) at ``tokens``: logits (B, T, V), tokens (B, T) -> (B, T).
+
+    As z_token - logsumexp(z): no (B, T, V) log-softmax is materialised (TRL's selective_log_softmax)."""
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def last_token_index(response_mask):

@@ -18,8 +18,11 @@ def response_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor
     so the response's T tokens are predicted by positions P - 1 ... P + T - 2. Divided by the sampling
     temperature, so that log-probs match the distribution the rollout sampled from."""
     sequences, attention_mask = sequences.to(model.device), attention_mask.to(model.device)
-    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask)).logits
-    return logits[:, -response_length - 1 : -1].float() / temperature
+    # the LM head runs on the last T + 1 positions only: the prompt's logits would be thrown away
+    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                   logits_to_keep=response_length + 1).logits
+    logits = logits[:, :-1].float()
+    return logits / temperature if temperature != 1.0 else logits
 
 
 

@@ -45,6 +45,14 @@ def train_char_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     )
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Every dropout module of `model` at p = 0 (TRL's disable_dropout_in_model, without importing TRL's
+    trainers and their datasets into a process that needs neither)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
 def attention_implementation(choice: str, precision: str = "fp32") -> str:
     """The `attn_implementation` HF is given (model.attn_implementation): `auto` takes flash-attention 2 where it
     can run (its package imports, CUDA, a 16-bit precision), else torch's sdpa."""

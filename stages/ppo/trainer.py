@@ -125,8 +125,8 @@ class PPOTrainer:
             AutoModelForSequenceClassification,
         )
 
-        from stages.models.loading import load_tokenizer, model_kwargs
-        from stages.runtime.deepspeed_config import engine_config
+        from stages.models.loading import disable_dropout, load_tokenizer, model_kwargs
+        from stages.runtime.deepspeed_config import engine_config, fused_adamw
 
         self.spec, self.config, self.ppo, self.rollout_config = spec, spec.config, spec.config.ppo, spec.config.rollout
         self.run_dir = RunDir(spec.run_dir)
@@ -145,20 +145,22 @@ class PPOTrainer:
         random.seed(self.config.run.seed * 1000 + self.rank)
         np.random.seed(self.config.run.seed * 1000 + self.rank)
         ds = self.config.deepspeed
-        train_config = engine_config(ds, self.minibatch_size, ppo.max_grad_norm)
+        train_config = engine_config(ds, self.world, self.minibatch_size, ppo.max_grad_norm)
         # frozen models: under ZeRO-3 sharded like the actor; else a stage-0 engine (no optimizer), which
         # places them on the worker's device and casts them to the run's precision
         frozen_section = ds if self.zero3 else ds.model_copy(update={"zero_stage": 0, "offload_optimizer": False})
-        frozen_config = engine_config(frozen_section, self.minibatch_size)
+        frozen_config = engine_config(frozen_section, self.world, self.minibatch_size)
 
         def engine(model, lr):
             trainable = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, ppo.adam_beta2), eps=1e-8, weight_decay=0.0)
+            optimizer = fused_adamw(trainable, lr=lr, betas=(0.9, ppo.adam_beta2), eps=1e-8, weight_decay=0.0)
             warmup = ppo.warmup_iterations * self.steps_per_iteration
             # InstructGPT: constant LR after a linear warmup that starts at 0.1 x peak
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 if step >= warmup else 0.1 + 0.9 * step / warmup)
             built, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=train_config,
                                              dist_init_required=False)
+            if self.world == 1 and built.zero_optimization_stage() == 0:
+                built.enable_backward_allreduce = False  # one rank: nothing to average, yet DeepSpeed flattens every gradient
             return built
 
         def frozen(model):
@@ -170,6 +172,11 @@ class PPOTrainer:
         load = model_kwargs(self.config.model, ds.precision)
         score_kwargs = {**load, "num_labels": 1, "pad_token_id": self.tokenizer.pad_token_id}
         actor = AutoModelForCausalLM.from_pretrained(spec.actor, **load)
+        critic = AutoModelForSequenceClassification.from_pretrained(spec.critic, **score_kwargs)
+        # pi_old comes from an eval-mode pass (the generation pass or actor_logprobs): with dropout in the
+        # training forward the first step's ratio would not be 1 and the clip would act on dropout noise
+        for model in (actor, critic):
+            disable_dropout(model)
         if ppo.lora is not None:
             from peft import get_peft_model
 
@@ -177,7 +184,7 @@ class PPOTrainer:
 
             actor = get_peft_model(actor, peft_config(ppo.lora))
         self.actor = engine(actor, ppo.actor_lr)
-        self.critic = engine(AutoModelForSequenceClassification.from_pretrained(spec.critic, **score_kwargs), ppo.critic_lr)
+        self.critic = engine(critic, ppo.critic_lr)
         # with LoRA the reference is the actor with its adapters off: no second copy of the model
         self.reference = None if ppo.lora else frozen(AutoModelForCausalLM.from_pretrained(spec.reference, **load))
         self.reward_model = None

@@ -8,11 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from common.config import DeepSpeedSection
 
 
-def deepspeed_config(section: DeepSpeedSection) -> dict[str, Any]:
-    zero: dict[str, Any] = {"stage": section.zero_stage}
+def effective_zero_stage(section: DeepSpeedSection, world_size: int) -> int:
+    """The ZeRO stage the engines are built at. ZeRO 1-2 partition the optimizer state and gradients
+    across data-parallel ranks; at one rank there is nothing to partition, yet DeepSpeed's stage-2
+    optimizer still copies every gradient through its buckets into a flat partition, takes the norm
+    partition by partition and copies the updated master weights back (bench.ppo_iteration: 1.3x a
+    plain training step on CPU). So one rank runs at stage 0, the same math. Offloading the optimizer
+    pays at one rank too (GPU memory), and ZeRO-3 is kept as asked (zero.Init, the parameter hooks)."""
+    if world_size == 1 and section.zero_stage in (1, 2) and not section.offload_optimizer:
+        return 0
+    return section.zero_stage
+
+
+def deepspeed_config(section: DeepSpeedSection, world_size: int) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": effective_zero_stage(section, world_size)}
     if section.zero_stage == 3:
         # gather the full weights when saving, so DIR/<stage>/model is a plain HF checkpoint
         zero["stage3_gather_16bit_weights_on_model_save"] = True
@@ -30,12 +44,11 @@ def deepspeed_config(section: DeepSpeedSection) -> dict[str, Any]:
     }
 
 
-
-def engine_config(section: DeepSpeedSection, micro_batch_size: int, max_grad_norm: float = 0.0) -> dict[str, Any]:
+def engine_config(section: DeepSpeedSection, world_size: int, micro_batch_size: int, max_grad_norm: float = 0.0) -> dict[str, Any]:
     """The same config with concrete values, for engines built directly with deepspeed.initialize:
     PPO's actor and critic, and under ZeRO-3 its frozen reference and reward model, which are
     sharded like the actor (they get no optimizer)."""
-    config = deepspeed_config(section)
+    config = deepspeed_config(section, world_size)
     config.update(
         train_micro_batch_size_per_gpu=micro_batch_size,
         gradient_accumulation_steps=1,
@@ -45,3 +58,10 @@ def engine_config(section: DeepSpeedSection, micro_batch_size: int, max_grad_nor
     if section.offload_optimizer:
         config["zero_force_ds_cpu_optimizer"] = False
     return config
+
+
+def fused_adamw(parameters, **kwargs):
+    """torch's AdamW with its fused kernel (CPU and CUDA): one kernel over all tensors instead of a
+    Python loop of element-wise ops per tensor (bench.ppo_iteration: 22 ms -> 4 ms per step for 5M
+    parameters on 2 cores). DeepSpeed steps it on its flat master partitions under ZeRO."""
+    return torch.optim.AdamW(parameters, fused=True, **kwargs)

@@ -69,7 +69,8 @@ def training_arguments(train: TrainSection, config: Config, run_dir: RunDir, sta
         save_total_limit=2,
         seed=config.run.seed,
         report_to=["tensorboard"],
-        deepspeed=deepspeed_config(config.deepspeed),
+        deepspeed=deepspeed_config(config.deepspeed, config.ray.num_workers),
+        optim="adamw_torch_fused",  # the same kernel as PPO's optimizer (stages/runtime/deepspeed_config.fused_adamw)
         use_cpu=not config.ray.use_gpu,
         bf16=config.deepspeed.precision == "bf16",
         fp16=config.deepspeed.precision == "fp16",

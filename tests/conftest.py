@@ -1,10 +1,26 @@
+import shutil
 import socket
+import tempfile
 
 import pytest
 import torch
 
 from stages.models.loading import train_char_tokenizer
 from tiny_world import TinyWorld
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_temp_dir():
+    """Every Ray this session starts (local clusters, heads, their workers) keeps its files in a fresh
+    directory (RAY_TMPDIR), which goes with the session. Ray Train's placement-group cleaner finds "its"
+    cluster through the temp dir's ray_current_cluster, written by the last `ray start`: one left behind by
+    a head that is gone (another module's, another user's) has it wait on a dead GCS, and every
+    TorchTrainer.fit then ends 12 s late ("Failed to stop PlacementGroupCleaner gracefully")."""
+    path = tempfile.mkdtemp(prefix="rlhf-ray-")  # short: Ray's socket paths under it must fit in 107 bytes
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", path)
+        yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -86,15 +86,30 @@ def rlhf(*args, check=True):
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    """A tiny pretrained base (pretrain stage, a few steps), so that SFT needs no pipeline input."""
-    run_dir = tmp_path_factory.mktemp("base") / "run"
-    rlhf("run", "--run-dir", str(run_dir), "--stages", "pretrain", "--set", "world.corpus_docs=500", "--set", "pretrain.max_steps=10")
-    return run_dir / "pretrain" / "model"
+def pretrain_job(ray_head, tmp_path_factory):
+    """`rlhf run --address` with pretrain as a Ray job, its driver SIGKILLed as soon as the job is
+    recorded, then the same command again: returns the run directory, the killed driver's job id and the
+    second run's output. Its model is the base the SFT job starts from."""
+    run_dir = tmp_path_factory.mktemp("pretrain") / "run"
+    args = ["-m", "pipeline", "run", "--run-dir", str(run_dir), "--address", ray_head, "--stages", "pretrain", "--resume",
+            "--set", "world.corpus_docs=300", "--set", "pretrain.max_steps=40"]
+    driver = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = run_dir / "manifest.json"
+    deadline = time.time() + 120
+    while not (manifest.exists() and json.loads(manifest.read_text())["stages"].get("pretrain", {}).get("job_id")):
+        assert driver.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    job_id = json.loads(manifest.read_text())["stages"]["pretrain"]["job_id"]
+    resumed = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return run_dir, job_id, resumed.stdout
 
 
-def test_submit_sft_as_a_ray_job_records_it_and_writes_the_model(ray_head, base_model, tmp_path):
+def test_submit_sft_as_a_ray_job_records_it_and_writes_the_model(ray_head, pretrain_job, tmp_path):
     run_dir = tmp_path / "run"
+    base_model = pretrain_job[0] / "pretrain" / "model"
     overrides = sum((["--set", s] for s in [f"model.name_or_path={base_model}", *QUICK_SFT]), [])
     submitted = rlhf("submit", "sft", "--run-dir", str(run_dir), "--address", ray_head, *overrides)
     job_id = submitted.stdout.strip().splitlines()[-1]
@@ -122,34 +137,19 @@ def test_submit_refuses_a_stage_whose_inputs_are_not_done(ray_head, tmp_path):
     assert "stage rm needs stage sft done with this config" in refused.stderr
 
 
-def test_run_with_an_address_chains_the_stages_as_jobs(ray_head, tmp_path):
-    run_dir = tmp_path / "run"
-    result = rlhf("run", "--run-dir", str(run_dir), "--address", ray_head, "--stages", "pretrain",
-                  "--set", "world.corpus_docs=300", "--set", "pretrain.max_steps=5")
+def test_run_with_an_address_chains_the_stages_as_jobs(pretrain_job):
+    run_dir, _, stdout = pretrain_job
     record = json.loads((run_dir / "manifest.json").read_text())["stages"]["pretrain"]
     assert record["status"] == "done" and record["job_id"].startswith("rlhf-pretrain-")
-    assert f"pretrain: Ray job {record['job_id']}" in result.stdout
-    assert "train_runtime" in result.stdout  # the job's output, followed to the terminal
+    assert f"pretrain: Ray job {record['job_id']}" in stdout
+    assert "train_runtime" in stdout  # the job's output, followed to the terminal
     assert (run_dir / "pretrain" / "model" / "config.json").exists()
 
 
-def test_a_resumed_run_replaces_the_job_its_killed_driver_left_running(ray_head, tmp_path):
-    run_dir = tmp_path / "run"
-    args = ["-m", "pipeline", "run", "--run-dir", str(run_dir), "--address", ray_head, "--stages", "pretrain", "--resume",
-            "--set", "world.corpus_docs=300", "--set", "pretrain.max_steps=40"]
-    driver = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = run_dir / "manifest.json"
-    deadline = time.time() + 120
-    while not (manifest.exists() and json.loads(manifest.read_text())["stages"].get("pretrain", {}).get("job_id")):
-        assert driver.poll() is None and time.time() < deadline
-        time.sleep(0.2)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    job_id = json.loads(manifest.read_text())["stages"]["pretrain"]["job_id"]
-    resumed = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"stopped Ray job {job_id}, left running by a driver that is gone" in resumed.stdout
-    record = json.loads(manifest.read_text())["stages"]["pretrain"]
+def test_a_resumed_run_replaces_the_job_its_killed_driver_left_running(ray_head, pretrain_job):
+    run_dir, job_id, stdout = pretrain_job
+    assert f"stopped Ray job {job_id}, left running by a driver that is gone" in stdout
+    record = json.loads((run_dir / "manifest.json").read_text())["stages"]["pretrain"]
     assert record["status"] == "done" and record["job_id"] != job_id
     from ray.job_submission import JobStatus, JobSubmissionClient
 

@@ -62,6 +62,7 @@ def training_arguments(train: TrainSection, config: Config, run_dir: RunDir, sta
         weight_decay=train.weight_decay,
         adam_beta2=train.adam_beta2,
         max_grad_norm=train.max_grad_norm,
+        gradient_checkpointing=train.gradient_checkpointing,
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
         logging_steps=train.log_every,

@@ -79,7 +79,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: config file {DEFAULT_CONFIG}: sft.lrr: unknown key; expected one of: epochs, max_steps, batch_size, "
         "grad_accum, lr, min_lr_ratio, warmup_ratio, weight_decay, adam_beta2, max_grad_norm, max_length, "
-        "checkpoint_every, log_every, method, bitune, cmlm, pretrain_mix"
+        "gradient_checkpointing, checkpoint_every, log_every, method, bitune, cmlm, pretrain_mix"
     ]
     assert not run_dir.exists()
 

@@ -29,14 +29,18 @@ from .conftest import REPO, run_python
 
 pytestmark = pytest.mark.slow
 
-# Small but real: enough steps for SFT to learn the answer format, few enough for CI.
+# Small but real: enough steps for SFT to learn the answer format, few enough for CI. At 100 pretraining and
+# 100 SFT steps (ZeRO-3, 2 workers) SFT's held-out exact match was 0.18 against the base's 0.00 (asserted:
+# +0.05) and the reward model's held-out accuracy 0.73 against the labels, 0.89 against the true order
+# (asserted: 0.55 and 0.6); 150 steps each gave 0.19, 0.70 and 0.88, for about 50 s more training in each of
+# the two whole runs below.
 QUICK = [
     "world.corpus_docs=4000",
     "world.demonstrations=2000",
-    "pretrain.max_steps=150",
-    "pretrain.checkpoint_every=75",
-    "sft.max_steps=150",
-    "sft.checkpoint_every=75",
+    "pretrain.max_steps=100",
+    "pretrain.checkpoint_every=50",
+    "sft.max_steps=100",
+    "sft.checkpoint_every=50",
     "sample.prompts=600",
     "rm.checkpoint_every=10",
     "ppo.iterations=4",

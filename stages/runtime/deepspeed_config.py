@@ -17,8 +17,8 @@ def effective_zero_stage(section: DeepSpeedSection, world_size: int) -> int:
     """The ZeRO stage the engines are built at. ZeRO 1-2 partition the optimizer state and gradients
     across data-parallel ranks; at one rank there is nothing to partition, yet DeepSpeed's stage-2
     optimizer still copies every gradient through its buckets into a flat partition, takes the norm
-    partition by partition and copies the updated master weights back (bench.ppo_iteration: 1.3x a
-    plain training step on CPU). So one rank runs at stage 0, the same math. Offloading the optimizer
+    partition by partition and copies the updated master weights back (profiled on TRL's PPO workload,
+    GPT-2 of 5.3M parameters on 2 cores: 149 ms a training step against 113 ms in plain PyTorch). So one rank runs at stage 0, the same math. Offloading the optimizer
     pays at one rank too (GPU memory), and ZeRO-3 is kept as asked (zero.Init, the parameter hooks)."""
     if world_size == 1 and section.zero_stage in (1, 2) and not section.offload_optimizer:
         return 0
@@ -65,6 +65,6 @@ def engine_config(section: DeepSpeedSection, world_size: int, micro_batch_size: 
 
 def fused_adamw(parameters, **kwargs):
     """torch's AdamW with its fused kernel (CPU and CUDA): one kernel over all tensors instead of a
-    Python loop of element-wise ops per tensor (bench.ppo_iteration: 22 ms -> 4 ms per step for 5M
-    parameters on 2 cores). DeepSpeed steps it on its flat master partitions under ZeRO."""
+    Python loop of element-wise ops per tensor (profiled: 22 ms -> 4 ms a step for 5.3M parameters on
+    2 cores). DeepSpeed steps it on its flat master partitions under ZeRO."""
     return torch.optim.AdamW(parameters, fused=True, **kwargs)

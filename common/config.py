@@ -515,7 +515,8 @@ def pi_old_source(rollout: RolloutSection, precision: str) -> str:
 
 
 class RaySection(Section):
-    address: str | None = Field(None, description="Ray cluster or job server address; null: a local Ray for the run.")
+    address: str | None = Field(None, description="Ray cluster (HOST:6379, joined) or job server (http://HOST:8265, a "
+                                "Ray job per stage); null: RAY_ADDRESS's cluster, else a local Ray for the run.")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks) per training stage.")
     use_gpu: bool = Field(False, description="Give each worker a GPU (nccl); false: CPU workers (gloo).")
     resources_per_worker: dict[str, float] = Field(

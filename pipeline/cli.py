@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue a run: skip finished stages, resume interrupted ones")
     run.add_argument("--stages", help="comma-separated subset of stages to run")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    run.add_argument("--address", help="Ray job server (http://HOST:8265): each stage as a Ray job there")
+    run.add_argument("--address", help="Ray job server (http://HOST:8265): each stage as a Ray job there; or a cluster "
+                     "(HOST:6379): the stages join it. Default: RAY_ADDRESS, then ray.address, else a local Ray")
     run.set_defaults(func=_run)
 
     submit = commands.add_parser("submit", help="submit one stage as a Ray job (Ray Job Submission SDK); prints its job id")

@@ -1,4 +1,6 @@
-"""`rlhf run`: the stage graph on a local Ray started for the run.
+"""`rlhf run`: the stage graph on a Ray cluster: the one --address, RAY_ADDRESS or ray.address names (in
+that order), or a local Ray started for the run. A job server's address (http://HOST:8265) runs each
+stage as a Ray job there (pipeline/jobs.py).
 
 Each stage runs as its own process, `python -m stages.<name> --config DIR/config.yaml --run-dir DIR`,
 exactly what a Ray job runs, attached to the run's Ray cluster through RAY_ADDRESS. Its whole output
@@ -22,7 +24,7 @@ from common.config import Config, dump_config, load_config
 from common.errors import EXIT_AWAITING_LABELS, EXIT_BAD_INPUT, InputError
 from common.files import atomic_write_text
 from common.lock import PARENT_ENV, RunLock
-from common.ray_env import set_worker_env
+from common.ray_env import is_job_server, set_worker_env
 from common.run_dir import AWAITING_LABELS, DONE, RunDir
 from stages.registry import GRAPH
 
@@ -139,6 +141,8 @@ def run_stage_job(stage: str, config: Config, run_dir: RunDir, address: str) -> 
 def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: str | None, overrides: list[str],
                  address: str | None = None) -> None:
     config = load_config(config_path, overrides)
+    address = address or os.environ.get("RAY_ADDRESS") or config.ray.address
+    jobs = bool(address) and is_job_server(address)  # else the stage processes join the cluster at `address`
     run = RunDir(run_dir)
     selected = select_stages(config, stages)
     prints = GRAPH.fingerprints(config)
@@ -154,11 +158,12 @@ def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: st
         for name in selected:
             if name not in to_run:
                 print(f"[rlhf] {name}: done with this config, skipped")
-        ray_address = start_local_ray(config) if to_run and not address else ""
+        # a cluster already up spares the run the 7-9 s a local Ray takes to start
+        ray_address = (address or start_local_ray(config)) if to_run and not jobs else ""
         for index, name in enumerate(to_run, start=1):
             title = f"[rlhf] stage {index}/{len(to_run)}: {name}"
             started = time.time()
-            if address:
+            if jobs:
                 print(title, flush=True)
                 code = run_stage_job(name, config, run, address)
             else:

@@ -28,4 +28,10 @@ def run(name: str, argv: list[str] | None = None) -> None:
 
     declared = GRAPH[name]
     module, function = declared.entry.split(":")
-    run_stage(GRAPH, declared, getattr(importlib.import_module(module), function), argv)
+
+    def body(*args):
+        # imported after the config and the inputs are checked: the body's imports (torch, transformers,
+        # DeepSpeed) take 5-10 s, which a refused run should not wait for
+        return getattr(importlib.import_module(module), function)(*args)
+
+    run_stage(GRAPH, declared, body, argv)

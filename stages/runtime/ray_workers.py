@@ -13,21 +13,29 @@ from pathlib import Path
 from typing import Any, Callable
 
 from common.config import RaySection
-from common.ray_env import set_worker_env
+from common.errors import InputError
+from common.ray_env import forwarded_env, is_job_server, set_worker_env
 
 
 def ensure_ray(ray_config: RaySection, extra_cpus: float = 0.0) -> None:
-    """Join the job's cluster, or start a local Ray with room for the workers and `extra_cpus` (engines)."""
+    """Join the cluster RAY_ADDRESS names (a Ray job's, or the one `rlhf run` uses), else ray.address, or
+    start a local Ray with room for the workers and `extra_cpus` (engines)."""
     import ray
 
     set_worker_env()
     if ray.is_initialized():
         return
-    if address := os.environ.get("RAY_ADDRESS"):
+    if address := os.environ.get("RAY_ADDRESS") or ray_config.address:
+        if is_job_server(address):
+            raise InputError(f"ray.address: {address} is a Ray job server, which takes stages as jobs (rlhf run, rlhf submit); "
+                             "a stage started by hand joins a cluster by its GCS address (HOST:6379) or RAY_ADDRESS")
         # The job's actors get the address too. Ray Train's placement-group cleaner asks for it with none
         # and falls back to the temp dir's ray_current_cluster: one left by a cluster gone before ours has it
         # wait on a dead GCS, and every stage ended 12 s late (47 s against 35 for a 2-step pretrain).
-        ray.init(runtime_env={"env_vars": {"RAY_ADDRESS": address}})
+        # Under a Ray job, whose runtime env sets some of the same variables (to the same values: this
+        # process has them from it), Ray refuses the overlap unless told to combine the two.
+        os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
+        ray.init(runtime_env={"env_vars": {**forwarded_env(), "RAY_ADDRESS": address}})
         return
     cpus_needed = ray_config.num_workers * ray_config.resources_per_worker.get("CPU", 1.0) + extra_cpus
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)), log_to_driver=True)

@@ -18,7 +18,6 @@ version 0; the trainer sees the version and pushes the current weights before it
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from common.config import RaySection, RolloutSection
+from common.ray_env import forwarded_env
 from stages.core.functional import response_mask_through_eos
 from stages.runtime.testing import maybe_kill_engine
 from stages.scoring.rollout import RolloutBatch
@@ -168,7 +168,7 @@ def start_engines(ray_config: RaySection, rollout: RolloutSection, specs: list[E
 
     ensure_ray(ray_config, extra_cpus=len(specs))
     env = {**ENGINE_ENV, "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(rollout.cpu_kv_cache_gib)))}
-    env.update({name: value for name, value in os.environ.items() if name.startswith("RLHF_")})  # fault injection
+    env.update(forwarded_env())
     if not ray_config.use_gpu or rollout.tensor_parallel_size > 1:
         gpus = 0.0  # TP > 1: vLLM places its own workers
     elif rollout.placement == "colocated":

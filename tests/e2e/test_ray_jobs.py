@@ -1,29 +1,21 @@
 """Stages as Ray jobs against a real local Ray head with its job server, started here and stopped by
-the process group of the `ray start --block` that this test launched (PIDs, never names)."""
+the process group of the `ray start --block` that this test launched."""
 
 import json
-import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from .conftest import REPO, run_python
+from .conftest import ray_head as start_ray_head
 
 pytestmark = pytest.mark.slow
 
 QUICK_SFT = ["world.demonstrations=600", "sft.max_steps=20", "sft.checkpoint_every=10", "sft.pretrain_mix=0"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -31,45 +23,18 @@ def ray_head(tmp_path_factory):
     """A Ray head with the dashboard's job server on loopback, token authentication on (this test's
     own token; the rlhf commands below find it as users' do, through the environment); yields the
     job-server address."""
-    bin_dir = Path(sys.executable).parent
-    dashboard, gcs = free_port(), free_port()
     token = tmp_path_factory.mktemp("auth") / "auth_token"
     token.write_text(secrets.token_hex(32))
     auth = pytest.MonkeyPatch()
     auth.setenv("RAY_AUTH_MODE", "token")
     auth.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     auth.delenv("RAY_ADDRESS", raising=False)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    head = subprocess.Popen(
-        [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--num-cpus=2", "--include-dashboard=true",
-         f"--temp-dir={tmp_path_factory.mktemp('ray')}"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    address = f"http://127.0.0.1:{dashboard}"
-    from ray.job_submission import JobSubmissionClient
-
-    deadline = time.time() + 120
-    while True:
-        try:
-            JobSubmissionClient(address).list_jobs()
-            break
-        except Exception:
-            if time.time() > deadline or head.poll() is not None:
-                os.killpg(head.pid, signal.SIGKILL)
-                auth.undo()
-                forget_ray_auth()
-                raise
-            time.sleep(1)
-    yield address
-    os.killpg(head.pid, signal.SIGTERM)  # the whole group `ray start --block` leads
     try:
-        head.wait(timeout=5)  # it seldom stops on SIGTERM alone; the test's own cluster can be killed
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-    auth.undo()
-    forget_ray_auth()
+        with start_ray_head(tmp_path_factory.mktemp("ray"), cpus=2) as (_, job_server):
+            yield job_server
+    finally:
+        auth.undo()
+        forget_ray_auth()
 
 
 def forget_ray_auth() -> None:
@@ -87,16 +52,21 @@ def rlhf(*args, check=True):
 
 @pytest.fixture(scope="module")
 def pretrain_job(ray_head, tmp_path_factory):
-    """`rlhf run --address` with pretrain as a Ray job, its driver SIGKILLed as soon as the job is
-    recorded, then the same command again: returns the run directory, the killed driver's job id and the
-    second run's output. Its model is the base the SFT job starts from."""
+    """`rlhf run --address` with pretrain as a Ray job, its driver SIGKILLed as soon as the job's stage has
+    started (under the driver's lock, which dies with it), then the same command again: returns the run
+    directory, the killed driver's job id and the second run's output. Its model is the base the SFT job
+    starts from. (Killed before the stage starts, the orphaned job meets the new driver's lock and ends
+    by itself: one writer either way.)"""
     run_dir = tmp_path_factory.mktemp("pretrain") / "run"
     args = ["-m", "pipeline", "run", "--run-dir", str(run_dir), "--address", ray_head, "--stages", "pretrain", "--resume",
             "--set", "world.corpus_docs=300", "--set", "pretrain.max_steps=40"]
     driver = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = run_dir / "manifest.json"
     deadline = time.time() + 120
-    while not (manifest.exists() and json.loads(manifest.read_text())["stages"].get("pretrain", {}).get("job_id")):
+    def started(record: dict) -> bool:
+        return bool(record.get("job_id")) and record.get("status") == "running"
+
+    while not (manifest.exists() and started(json.loads(manifest.read_text())["stages"].get("pretrain", {}))):
         assert driver.poll() is None and time.time() < deadline
         time.sleep(0.2)
     driver.send_signal(signal.SIGKILL)

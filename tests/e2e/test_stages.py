@@ -1,7 +1,8 @@
 """End to end: pretrain, SFT, sampling and the reward model on real Ray (2 workers, gloo) with real
 DeepSpeed engines.
 
-Each `rlhf run` or `python -m stages.X` below starts its own local Ray and stops it when it exits.
+Each `rlhf run` or `python -m stages.X` below joins one Ray head that this module shares (RAY_ADDRESS), as
+stages on a cluster do.
 """
 
 import json
@@ -53,18 +54,14 @@ QUICK = [
     "ppo.checkpoint_every=2",
     "eval.compare_sft_methods=[]",  # their own test trains them
 ]
-PPO_ZERO2 = [
-    "ppo.iterations=4",
-    "ppo.episodes_per_iteration=16",
-    "ppo.prompt_pool=128",
-    "ppo.validation_prompts=8",
-    "ppo.eval_every=2",
-    "ppo.checkpoint_every=1",
-    "ppo.actor_lr=1e-4",
-]
-
-
 run = run_python
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_ray_cluster(shared_ray):
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_ADDRESS", shared_ray)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -73,31 +70,6 @@ def zero3_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("zero3") / "run"
     result = run(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--set", "deepspeed.zero_stage=3", *sum((["--set", s] for s in QUICK), [])])
     return run_dir, result.stdout
-
-
-def test_two_runs_from_scratch_end_at_identical_weights_in_every_stage(zero3_run, tmp_path):
-    """The same config and seed twice, each from an empty run directory: every stage's output is the
-    same to the bit (before the fix the reward model, and so PPO, differed from run to run). The second
-    run stops after rm, to save CI the time: that PPO on the same models repeats to the bit is shown by
-    test_driver_killed_during_sft_and_during_ppo_resumes_to_the_uninterrupted_weights (two runs)."""
-    first, _ = zero3_run
-    second = tmp_path / "run"
-    stages = ["pretrain", "sft", "sample", "label", "rm"]
-    run(["-m", "pipeline", "run", "--run-dir", str(second), "--stages", ",".join(stages), "--set", "deepspeed.zero_stage=3",
-         *sum((["--set", s] for s in QUICK), [])])
-
-    def sampled(run_dir):  # each candidate's text; its sampling record names the run's own checkpoint path
-        return [(r["prompt_id"], r["prompt"], [c["text"] for c in r["candidates"]]) for r in read_jsonl(run_dir / "sample" / "candidates.jsonl")]
-
-    assert sampled(first) == sampled(second)
-    assert read_jsonl(first / "label" / "rankings.jsonl") == read_jsonl(second / "label" / "rankings.jsonl")
-    for stage in ("pretrain", "sft", "rm"):
-        ours, theirs = weights(first / stage / "model"), weights(second / stage / "model")
-        assert ours.keys() == theirs.keys(), stage
-        different = [name for name in ours if not torch.equal(ours[name], theirs[name])]
-        assert not different, f"{stage}: {different[:3]}"
-    bias = [json.loads((run_dir / "rm" / "model" / "config.json").read_text())["reward_bias"] for run_dir in (first, second)]
-    assert bias[0] == bias[1]
 
 
 def test_zero3_sft_model_loads_generates_and_beats_base(zero3_run):
@@ -306,39 +278,45 @@ def weights(path):
     return load_file(path / "model.safetensors")
 
 
-def test_driver_killed_during_sft_and_during_ppo_resumes_to_the_uninterrupted_weights(zero3_run, tmp_path):
-    """`rlhf run` SIGKILLed once in SFT and once in PPO (ZeRO-2, models given as paths for the rest),
-    and in the last run a PPO worker killed after iteration 3 (Ray restarts the group): each resume
-    continues from the latest complete checkpoint, and the final SFT and PPO weights equal those of a
-    run never interrupted."""
-    base, rm = zero3_run[0] / "pretrain" / "model", zero3_run[0] / "rm" / "model"
-    overrides = [f"model.name_or_path={base}", f"ppo.reward_model={rm}", "world.demonstrations=800", "sft.max_steps=40",
-                 "sft.checkpoint_every=10", "ray.max_failures=1", *PPO_ZERO2]
-    command = ["-m", "pipeline", "run", "--stages", "sft,ppo", "--resume", *sum((["--set", s] for s in overrides), [])]
-    run([*command, "--run-dir", str(tmp_path / "straight")])
-
-    killed = tmp_path / "killed"
+def test_a_run_from_scratch_killed_in_sft_and_in_ppo_ends_at_the_uninterrupted_run_s_weights(zero3_run, tmp_path):
+    """The zero3 run's config again from an empty run directory, `rlhf run` SIGKILLed once in SFT and once
+    in PPO, and in the last resume a PPO worker killed after iteration 4's checkpoint (Ray restarts the group
+from it, to write the outputs): every
+    stage's output equals the uninterrupted run's to the bit. So a run is reproducible from scratch (before
+    the fix the reward model, and so PPO, differed from run to run), and each resume continues from the
+    latest complete checkpoint (the same weights as a run never interrupted)."""
+    first = zero3_run[0]
+    killed = tmp_path / "run"
+    overrides = ["deepspeed.zero_stage=3", *QUICK, "ray.max_failures=1"]
+    command = ["-m", "pipeline", "run", "--run-dir", str(killed), "--resume", "--stages", "pretrain,sft,sample,label,rm,ppo",
+               *sum((["--set", s] for s in overrides), [])]
     for stage in ("sft", "ppo"):
-        driver = subprocess.Popen([sys.executable, *command, "--run-dir", str(killed)], cwd=REPO,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        driver = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         latest = killed / stage / "checkpoints" / "latest"
-        deadline = time.time() + 600
+        deadline = time.time() + 900
         while not latest.exists():
             assert driver.poll() is None and time.time() < deadline, f"the run ended before a {stage} checkpoint"
             time.sleep(0.2)
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         assert json.loads((killed / "manifest.json").read_text())["stages"][stage]["status"] == "running"
-    run([*command, "--run-dir", str(killed)], env={"RLHF_FAULT_AT_STEP": "3"})
+    run(command, env={"RLHF_FAULT_AT_STEP": "4"})  # PPO's faults come right after a checkpoint (every 2nd iteration)
     assert (killed / "ppo" / "fault_injected").exists()
-
     manifest = json.loads((killed / "manifest.json").read_text())["stages"]
-    assert manifest["sft"]["status"] == manifest["ppo"]["status"] == "done"
-    for output in ("sft/model", "ppo/final"):
-        straight, resumed = weights(tmp_path / "straight" / output), weights(killed / output)
-        assert straight.keys() == resumed.keys()
-        for name in straight:
-            assert torch.equal(straight[name], resumed[name]), f"{output}: {name}"
+    assert all(manifest[stage]["status"] == "done" for stage in ("pretrain", "sft", "sample", "label", "rm", "ppo"))
+
+    def sampled(run_dir):  # each candidate's text; its sampling record names the run's own checkpoint path
+        return [(r["prompt_id"], r["prompt"], [c["text"] for c in r["candidates"]]) for r in read_jsonl(run_dir / "sample" / "candidates.jsonl")]
+
+    assert sampled(first) == sampled(killed)
+    assert read_jsonl(first / "label" / "rankings.jsonl") == read_jsonl(killed / "label" / "rankings.jsonl")
+    for output in ("pretrain/model", "sft/model", "rm/model", "ppo/final"):
+        straight, resumed = weights(first / output), weights(killed / output)
+        assert straight.keys() == resumed.keys(), output
+        different = [name for name in straight if not torch.equal(straight[name], resumed[name])]
+        assert not different, f"{output}: {different[:3]}"
+    bias = [json.loads((run_dir / "rm" / "model" / "config.json").read_text())["reward_bias"] for run_dir in (first, killed)]
+    assert bias[0] == bias[1]
     steps = [r["step"] for r in read_jsonl(killed / "ppo" / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4]  # the resumed run's records replace, not repeat
 

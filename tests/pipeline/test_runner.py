@@ -1,5 +1,6 @@
 """`rlhf run` refuses what the config points at before it starts Ray or any stage."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,12 @@ def test_a_tokenizer_directory_needs_no_model_config(tmp_path):
     from stages.registry import GRAPH
 
     GRAPH["sft"].check_inputs(load_config(None, [f"model.tokenizer={tmp_path / 'tok'}"]))  # no error
+
+
+def test_a_stage_started_by_hand_refuses_a_job_server_address(tmp_path):
+    # a job server takes stages as jobs; a stage process joins a cluster, and must not quietly start its own
+    result = subprocess.run([sys.executable, "-m", "stages.pretrain", "--run-dir", str(tmp_path / "run"), "--set",
+                             "world.corpus_docs=50", "--set", "ray.address=http://127.0.0.1:9"],
+                            capture_output=True, text=True, cwd=REPO, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert result.returncode == 2
+    assert "ray.address: http://127.0.0.1:9 is a Ray job server" in result.stderr

@@ -25,17 +25,19 @@ def ensure_ray(ray_config: RaySection, extra_cpus: float = 0.0) -> None:
     set_worker_env()
     if ray.is_initialized():
         return
-    if address := os.environ.get("RAY_ADDRESS") or ray_config.address:
+    from_env = os.environ.get("RAY_ADDRESS")
+    source, address = ("RAY_ADDRESS", from_env) if from_env else ("ray.address", ray_config.address)
+    if address:
         if is_job_server(address):
-            raise InputError(f"ray.address: {address} is a Ray job server, which takes stages as jobs (rlhf run, rlhf submit); "
-                             "a stage started by hand joins a cluster by its GCS address (HOST:6379) or RAY_ADDRESS")
+            raise InputError(f"{source}: {address} is a Ray job server, which takes stages as jobs (rlhf run, rlhf submit); "
+                             "a stage started by hand joins a cluster by its GCS address (HOST:6379)")
         # The job's actors get the address too. Ray Train's placement-group cleaner asks for it with none
         # and falls back to the temp dir's ray_current_cluster: one left by a cluster gone before ours has it
         # wait on a dead GCS, and every stage ended 12 s late (47 s against 35 for a 2-step pretrain).
         # Under a Ray job, whose runtime env sets some of the same variables (to the same values: this
         # process has them from it), Ray refuses the overlap unless told to combine the two.
         os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
-        ray.init(runtime_env={"env_vars": {**forwarded_env(), "RAY_ADDRESS": address}})
+        ray.init(address=address, runtime_env={"env_vars": {**forwarded_env(), "RAY_ADDRESS": address}})
         return
     cpus_needed = ray_config.num_workers * ray_config.resources_per_worker.get("CPU", 1.0) + extra_cpus
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)), log_to_driver=True)

@@ -321,9 +321,10 @@ from it, to write the outputs): every
     assert steps == [1, 2, 3, 4]  # the resumed run's records replace, not repeat
 
 
-def test_lora_sft_on_local_files_survives_a_killed_worker(zero3_run, tmp_path):
+def test_lora_sft_on_local_files_survives_a_killed_worker(zero3_run, shared_ray, tmp_path):
     """A 'real' base model from a local directory, conversational JSONL data, LoRA through peft,
-    and rank 0 killed at step 20: Ray restarts the group, which resumes from checkpoint 15."""
+    and rank 0 killed at step 20: Ray restarts the group, which resumes from checkpoint 15. The cluster
+    is named by ray.address, RAY_ADDRESS unset."""
     base = zero3_run[0] / "pretrain" / "model"
     data = tmp_path / "demos.jsonl"
     with open(data, "w") as f:
@@ -339,9 +340,11 @@ def test_lora_sft_on_local_files_survives_a_killed_worker(zero3_run, tmp_path):
         "sft.checkpoint_every=15",
         "sft.lr=5e-3",
         "ray.max_failures=1",
+        f"ray.address={shared_ray}",
     ]
     run_args = ["-m", "stages.sft", "--run-dir", os.path.relpath(run_dir, REPO), *sum((["--set", s] for s in overrides), [])]
-    run(run_args, env={"RLHF_FAULT_AT_STEP": "20"})
+    result = run(run_args, env={"RLHF_FAULT_AT_STEP": "20", "RAY_ADDRESS": ""})
+    assert "Connecting to existing Ray cluster" in result.stdout + result.stderr  # not a Ray of its own
     assert (run_dir / "sft" / "fault_injected").exists()
     steps = [r["step"] for r in read_jsonl(run_dir / "sft" / "metrics.jsonl") if "train/loss" in r]
     assert steps == sorted(steps) and steps[-1] == 30  # resumed records replaced, not duplicated

@@ -19,9 +19,9 @@ def set_worker_env() -> None:
 
 
 def forwarded_env() -> dict[str, str]:
-    """What a stage's actors need of this process's environment on a cluster it joins, whose processes
-    inherit the head's environment and not the stage's: WORKER_ENV (the user's values where set) and the
-    project's own RLHF_* variables (fault injection for the recovery tests)."""
+    """What a stage's processes on a cluster this process did not start (a Ray job, its actors) need of
+    this process's environment, since they inherit the head's: WORKER_ENV (the user's values where set)
+    and the project's own RLHF_* variables (the run lock, fault injection for the recovery tests)."""
     env = {name: os.environ.get(name, value) for name, value in WORKER_ENV.items()}
     env.update({name: value for name, value in os.environ.items() if name.startswith("RLHF_")})
     return env
@@ -31,3 +31,10 @@ def is_job_server(address: str) -> bool:
     """Whether `address` names a Ray job server (http://HOST:8265), which takes each stage as a Ray job,
     rather than a cluster (HOST:6379, auto), which a stage process joins."""
     return address.startswith(("http://", "https://"))
+
+
+def cluster_address(config_address: str | None) -> tuple[str, str | None]:
+    """(where it was given, address) of the Ray cluster to join: RAY_ADDRESS (a Ray job's, or the one
+    `rlhf run` hands its stages) over ray.address; (..., None): none given."""
+    from_env = os.environ.get("RAY_ADDRESS")
+    return ("RAY_ADDRESS", from_env) if from_env else ("ray.address", config_address)

@@ -33,7 +33,7 @@ from common.config import Config, dump_config
 from common.errors import InputError
 from common.files import atomic_write_text
 from common.lock import LOCK_ENV
-from common.ray_env import WORKER_ENV
+from common.ray_env import forwarded_env
 from common.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,7 +137,7 @@ def submit_stage(stage: str, config: Config, run: RunDir, address: str, lock_hol
     config_path = run.root / "jobs" / f"{stage}.yaml"
     atomic_write_text(config_path, dump_config(config))
     entrypoint = f"python -m stages.{stage} --config {shlex.quote(str(config_path))} --run-dir {shlex.quote(str(run.root))}"
-    env_vars = dict(WORKER_ENV)
+    env_vars = forwarded_env()
     if lock_holder is not None:  # `rlhf run --address` holds the run directory's lock for its stages
         env_vars[LOCK_ENV] = str(lock_holder)
     job_id = client(address).submit_job(

@@ -24,7 +24,7 @@ from common.config import Config, dump_config, load_config
 from common.errors import EXIT_AWAITING_LABELS, EXIT_BAD_INPUT, InputError
 from common.files import atomic_write_text
 from common.lock import PARENT_ENV, RunLock
-from common.ray_env import is_job_server, set_worker_env
+from common.ray_env import cluster_address, is_job_server, set_worker_env
 from common.run_dir import AWAITING_LABELS, DONE, RunDir
 from stages.registry import GRAPH
 
@@ -141,7 +141,7 @@ def run_stage_job(stage: str, config: Config, run_dir: RunDir, address: str) -> 
 def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: str | None, overrides: list[str],
                  address: str | None = None) -> None:
     config = load_config(config_path, overrides)
-    address = address or os.environ.get("RAY_ADDRESS") or config.ray.address
+    address = address or cluster_address(config.ray.address)[1]
     jobs = bool(address) and is_job_server(address)  # else the stage processes join the cluster at `address`
     run = RunDir(run_dir)
     selected = select_stages(config, stages)

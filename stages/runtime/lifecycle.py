@@ -24,6 +24,7 @@ from common.files import atomic_write_text
 from common.graph import StageDeclaration, StageGraph
 from common.lock import RunLock, die_with_parent
 from common.run_dir import AWAITING_LABELS, DONE, FAILED, RUNNING, RunDir
+from stages.runtime.ray_workers import stage_cluster
 
 
 @dataclass
@@ -64,6 +65,7 @@ def run_stage(graph: StageGraph, declared: StageDeclaration, body: StageFn, argv
     try:
         config = load_config(args.config, args.set)
         declared.check_inputs(config)
+        stage_cluster(config.ray)  # a bad address is refused before the stage's directory is cleared
         lock.acquire()  # one writer per run directory; inherited when `rlhf run` started this stage
         fingerprint, resume = prepare(graph, stage, config, run_dir)
         import torch

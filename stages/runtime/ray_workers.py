@@ -14,23 +14,28 @@ from typing import Any, Callable
 
 from common.config import RaySection
 from common.errors import InputError
-from common.ray_env import forwarded_env, is_job_server, set_worker_env
+from common.ray_env import cluster_address, forwarded_env, is_job_server, set_worker_env
+
+
+def stage_cluster(ray_config: RaySection) -> str | None:
+    """The cluster a stage process joins (RAY_ADDRESS, else ray.address; None: a local Ray). A job
+    server's address is refused: it takes stages as jobs, it is no cluster to join."""
+    source, address = cluster_address(ray_config.address)
+    if address and is_job_server(address):
+        raise InputError(f"{source}: {address} is a Ray job server, which takes stages as jobs (rlhf run, rlhf submit); "
+                         "a stage started by hand joins a cluster by its GCS address (HOST:6379)")
+    return address
 
 
 def ensure_ray(ray_config: RaySection, extra_cpus: float = 0.0) -> None:
-    """Join the cluster RAY_ADDRESS names (a Ray job's, or the one `rlhf run` uses), else ray.address, or
-    start a local Ray with room for the workers and `extra_cpus` (engines)."""
+    """Join the stage's cluster (stage_cluster), or start a local Ray with room for the workers and
+    `extra_cpus` (engines)."""
     import ray
 
     set_worker_env()
     if ray.is_initialized():
         return
-    from_env = os.environ.get("RAY_ADDRESS")
-    source, address = ("RAY_ADDRESS", from_env) if from_env else ("ray.address", ray_config.address)
-    if address:
-        if is_job_server(address):
-            raise InputError(f"{source}: {address} is a Ray job server, which takes stages as jobs (rlhf run, rlhf submit); "
-                             "a stage started by hand joins a cluster by its GCS address (HOST:6379)")
+    if address := stage_cluster(ray_config):
         # The job's actors get the address too. Ray Train's placement-group cleaner asks for it with none
         # and falls back to the temp dir's ray_current_cluster: one left by a cluster gone before ours has it
         # wait on a dead GCS, and every stage ended 12 s late (47 s against 35 for a 2-step pretrain).

@@ -46,3 +46,4 @@ def test_a_stage_started_by_hand_refuses_a_job_server_address(tmp_path):
                             capture_output=True, text=True, cwd=REPO, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert result.returncode == 2
     assert "ray.address: http://127.0.0.1:9 is a Ray job server" in result.stderr
+    assert not (tmp_path / "run" / "manifest.json").exists()  # refused before the stage touched the run

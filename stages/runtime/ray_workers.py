@@ -70,10 +70,10 @@ def run_on_workers(ray_config: RaySection, torch_threads: int, loop: Callable[[A
     """Run `loop(spec, rank)` on every worker of a data-parallel group, and wait for it. `spec` is
     everything the workers need (pickled to them); `loop` a module-level function."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     ensure_ray(ray_config)
-    trainer = TorchTrainer(
+    trainer = _stage_trainer_class()(
         _worker_entry,
         train_loop_config={"loop": loop, "spec": spec, "torch_threads": torch_threads},
         scaling_config=ScalingConfig(
@@ -89,6 +89,26 @@ def run_on_workers(ray_config: RaySection, torch_threads: int, loop: Callable[[A
         ),
     )
     trainer.fit()
+
+
+# Ray Train's default controller callbacks that start an actor process each and do nothing for a stage: the
+# dataset manager shards Ray Datasets (a stage passes none), and the placement-group cleaner removes the
+# worker group's placement group should the controller die before the driver; the driver of a stage is its
+# process, and Ray removes a job's placement groups when its driver ends. Each process is 2-4 CPU-seconds
+# of starting on 2 cores, and the cleaner asks the dashboard about the controller every second. Matched by
+# name: Ray Train keeps them internal, and a Ray without them (or without the hook) runs them unchanged.
+UNNEEDED_CALLBACKS = {"DatasetsCallback", "PlacementGroupCleanerCallback"}
+
+
+def _stage_trainer_class():
+    from ray.train.torch import TorchTrainer
+
+    class StageTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [callback for callback in super()._create_default_callbacks()
+                    if type(callback).__name__ not in UNNEEDED_CALLBACKS]
+
+    return StageTrainer
 
 
 def map_on_workers(ray_config: RaySection, fn: Callable[..., Any], shards: list[Any], **kwargs: Any) -> list[Any]:

@@ -58,6 +58,8 @@ def prepare(graph: StageGraph, stage: str, config: Config, run_dir: RunDir) -> t
 
 
 def run_stage(graph: StageGraph, declared: StageDeclaration, body: StageFn, argv: list[str] | None = None) -> None:
+    """What `python -m stages.<name>` does, and only that: it owns the process (it dies with its parent, and
+    a stage that succeeded ends the process with status 0 at exit), so nothing else should call it in-process."""
     stage = declared.name
     die_with_parent()
     succeeded = False

@@ -34,15 +34,16 @@ def masked_var(x, mask, dim=None):
     return masked_mean((x - mean) ** 2, mask, dim)
 
 
-def masked_whiten(x, mask, shift_mean=True, eps=1e-8):
+def masked_whiten(x, mask, shift_mean=True, eps=1e-8, moments=None):
     """(x - mean) / sqrt(var + eps) over all real positions of the batch.
 
     Population variance, as ``tf.nn.moments`` in lm-human-preferences ``whiten``.
     ``shift_mean=False`` adds the mean back (LHP's reward whitening keeps the level).
+    ``moments``: (mean, var) taken over a larger batch (every rank's, for REINFORCE++); default: this one's.
     x, mask: (B, T); returns (B, T) with zeros at masked positions.
     """
-    mean = masked_mean(x, mask)
-    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    mean, var = moments if moments is not None else (masked_mean(x, mask), masked_var(x, mask))
+    whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask, whitened, 0.0)

@@ -1,12 +1,15 @@
 """PPO math for the InstructGPT RL stage (Ouyang et al. 2022, arXiv:2203.02155, §3.5 Eq. 2, App. C.4).
 
-Pure functions of tensors and floats: KL estimators, per-token reward shaping, GAE,
-whitening, the clipped policy and value losses, the PPO-ptx combination and the KL
+Pure functions of tensors and floats: KL estimators, per-token reward shaping, GAE and the
+critic-free estimators beside it (GRPO, Dr. GRPO, RLOO, REINFORCE++; spec/estimators.md), the
+clipped policy loss and its aggregation modes, the value loss, the PPO-ptx combination and the KL
 controllers. Nothing here knows about models, devices or workers, so every trainer
 (single GPU, DeepSpeed, Ray) uses the same code. Equations follow
-the InstructGPT algorithm notes (spec/instructgpt.md) sections 3-5; its worked examples V1-V6 are the tests.
+the InstructGPT algorithm notes (spec/instructgpt.md) sections 3-5 and the estimator notes
+(spec/estimators.md) sections 1-2; their worked examples (V1-V6, E1-E5) are the tests.
 
-Shapes: B batch (episodes), T response tokens, V vocabulary.
+Shapes: B batch (episodes), T response tokens, V vocabulary; a group estimator's batch is P prompts x n
+samples, prompt-major (row p * n + j is prompt p's j-th sample).
 Masks: ``response_mask`` is a bool (B, T) tensor, True = real response token (the EOS
 token included); positions after EOS are False and never influence any output at a
 real position. Every loss and metric reduces through ``masked_mean``.
@@ -103,36 +106,145 @@ def gae(rewards, values, response_mask, gamma=1.0, gae_lambda=0.95):
     return advantages, returns
 
 
+# Critic-free estimators (spec/estimators.md section 2): each sequence's score R_i is one action's return,
+# and its advantage goes to every real token of the response.
+ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+
+
+def kl_penalized_scores(scores, kl, response_mask, beta):
+    """R_i = r~_i - beta * KL_i with KL_i = sum_t kl_{i,t}: the KL folded into the sequence's score before any
+    group baseline (RLOO paper; TRL's RLOO). scores (B,), kl (B, T) -> (B,)."""
+    return scores - beta * sequence_kl(kl, response_mask).to(scores.dtype)
+
+
+def _groups(scores, group_size):
+    if group_size < 2:
+        raise ValueError(f"a group baseline needs at least 2 samples per prompt, got group_size={group_size}")
+    if scores.shape[0] % group_size:
+        raise ValueError(f"{scores.shape[0]} scores do not split into groups of {group_size}")
+    return scores.view(-1, group_size)
+
+
+def grpo_advantages(scores, group_size, scale_by_std=True, eps=1e-6):
+    """GRPO's outcome advantage (DeepSeekMath section 4.1.2): A_i = (R_i - mean_g R) / (std_g R + eps), with the
+    sample std of the group; scale_by_std=False is Dr. GRPO's R_i - mean_g R. scores (B,) -> (B,).
+
+    A group whose scores are all equal gets exactly 0 (its rounding residue divided by eps would not be)."""
+    groups = _groups(scores, group_size)
+    centred = groups - groups.mean(-1, keepdim=True)
+    if scale_by_std:
+        centred = centred / (groups.std(-1, keepdim=True) + eps)
+    all_equal = groups.amax(-1, keepdim=True) == groups.amin(-1, keepdim=True)
+    return torch.where(all_equal, 0.0, centred).reshape(-1)
+
+
+def rloo_advantages(scores, group_size):
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): A_i = R_i - mean_{j != i} R_j = n / (n - 1) (R_i - mean_g R).
+    scores (B,) -> (B,)."""
+    groups = _groups(scores, group_size)
+    return (group_size / (group_size - 1) * (groups - groups.mean(-1, keepdim=True))).reshape(-1)
+
+
+def group_centred_scores(scores, group_size):
+    """r~_i - mean_g r~: REINFORCE++'s baseline variant, before shaping. scores (B,) -> (B,)."""
+    groups = _groups(scores, group_size)
+    return (groups - groups.mean(-1, keepdim=True)).reshape(-1)
+
+
+def returns_to_go(rewards, response_mask, gamma=1.0):
+    """G_t = sum_{s >= t} gamma^(s - t) r_s over real tokens (REINFORCE++'s return before global whitening):
+    GAE with a zero critic and lambda = 1. rewards, response_mask (B, T) -> (B, T), zero at masked positions."""
+    return gae(rewards, torch.zeros_like(rewards), response_mask, gamma, 1.0)[0]
+
+
+def sequence_advantages(advantages, response_mask):
+    """A sequence's advantage at each of its real tokens. advantages (B,), response_mask (B, T) -> (B, T)."""
+    return torch.where(response_mask, advantages.unsqueeze(-1), 0.0)
+
+
 # ---------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------
 
 
-def policy_loss(logprobs, old_logprobs, advantages, response_mask, clip_eps=0.2, token_weights=None):
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+def aggregate_loss(per_token, response_mask, mode="token_mean", max_length=None, normaliser=None):
+    """A per-token loss (B, T) reduced to a scalar (spec/estimators.md 1.3); every mode masks, so padding never leaks.
+
+    token_mean: sum m * l / N, N the real tokens (or `normaliser`: the trainer's share of the tokens of every rank,
+      so that DeepSpeed's average over ranks is the global token mean); verl's and DAPO's default.
+    seq_mean_token_mean: mean_i (sum_t m * l / |o_i|), GRPO's Eq. 3 (short answers weigh more per token).
+    seq_mean_token_sum_norm: mean_i (sum_t m * l / max_length), Dr. GRPO's constant normaliser.
+    """
+    if mode == "token_mean":
+        if normaliser is None:
+            return masked_mean(per_token, response_mask)
+        return torch.where(response_mask, per_token, 0.0).sum() / normaliser
+    sums = torch.where(response_mask, per_token, 0.0).sum(-1)
+    if mode == "seq_mean_token_mean":
+        return (sums / response_mask.sum(-1).clamp(min=1)).mean()
+    if mode == "seq_mean_token_sum_norm":
+        if max_length is None:
+            raise ValueError("seq_mean_token_sum_norm needs max_length (the response budget L_max)")
+        return (sums / max_length).mean()
+    raise ValueError(f"unknown loss aggregation {mode!r}; supported: {list(LOSS_AGGREGATIONS)}")
+
+
+def clipped_surrogate(logprobs, old_logprobs, advantages, clip_eps=0.2, clip_eps_high=None, dual_clip=None):
+    """Per-token clipped surrogate l_t = max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high)) (PPO Eq. 7; DAPO's
+    clip-higher when clip_eps_high is set); dual_clip c > 1 caps it at -c * A where A < 0 (Ye et al. 2019).
+    Returns (l, clipped): clipped marks the tokens where a clip is the active term. All (B, T)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + (clip_eps if clip_eps_high is None else clip_eps_high))
+    per_token = torch.maximum(pg_loss1, pg_loss2)
+    clipped = pg_loss2 > pg_loss1
+    if dual_clip is not None:
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be above 1, got {dual_clip}")
+        capped = (advantages < 0) & (-dual_clip * advantages < per_token)
+        per_token = torch.where(capped, -dual_clip * advantages, per_token)
+        clipped = clipped | capped
+    return per_token, clipped
+
+
+def policy_loss(logprobs, old_logprobs, advantages, response_mask, clip_eps=0.2, token_weights=None, clip_eps_high=None,
+                dual_clip=None, loss_agg="token_mean", max_length=None, normaliser=None):
     """Clipped surrogate loss (Schulman et al. 2017, arXiv:1707.06347, Eq. 7; spec §4 item 5).
 
     logprobs: (B, T) log pi_theta (with grad); old_logprobs: (B, T) log pi_old at rollout;
     advantages: (B, T), usually whitened; response_mask: (B, T) bool.
-    loss = masked_mean(max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps))), a token mean; with token_weights
-    (detached, e.g. truncated importance weights), each token's term is multiplied by its weight.
+    loss = aggregate(max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps))), a token mean by default (see
+    ``clipped_surrogate`` and ``aggregate_loss`` for the other options); with token_weights (detached, e.g.
+    truncated importance weights), each token's term is multiplied by its weight.
     Returns (loss, metrics) with detached scalars:
-      clipfrac: fraction of real tokens where the clipped term is the active (larger) one;
+      clipfrac: fraction of real tokens where a clipped term is the active one;
       approx_kl: 0.5 * mean((log pi_theta - log pi_old)^2), the k2 estimate of KL(old || new).
     """
     log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    pg_loss1 = -advantages * ratio
-    pg_loss2 = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    per_token = torch.maximum(pg_loss1, pg_loss2)
+    per_token, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, clip_eps, clip_eps_high, dual_clip)
     if token_weights is not None:
         per_token = per_token * token_weights
-    loss = masked_mean(per_token, response_mask)
+    loss = aggregate_loss(per_token, response_mask, loss_agg, max_length, normaliser)
     with torch.no_grad():
         metrics = {
-            "clipfrac": masked_mean((pg_loss2 > pg_loss1).float(), response_mask),
+            "clipfrac": masked_mean(clipped.float(), response_mask),
             "approx_kl": 0.5 * masked_mean(log_ratio**2, response_mask),
         }
     return loss, metrics
+
+
+def kl_loss(logprobs, ref_logprobs, response_mask, kind="k3", loss_agg="token_mean", max_length=None, normaliser=None):
+    """The KL to the reference as a loss term (GRPO Eq. 3-4), with gradient through log pi_theta: k2's is that of
+    KL(pi || pi_ref), k3's that of KL(pi_ref || pi); k1's has expectation 0 on-policy, so it is refused. Each
+    token's estimate is clamped to [-10, 10] (verl, OpenRLHF). Aggregated like the policy loss."""
+    if kind == "k1":
+        raise ValueError("k1 as a loss does not regularise (its gradient has expectation 0): use k2 or k3")
+    per_token = kl_estimate(logprobs, ref_logprobs, kind).clamp(-10.0, 10.0)
+    return aggregate_loss(per_token, response_mask, loss_agg, max_length, normaliser)
 
 
 def truncated_importance_weights(old_logprobs, rollout_logprobs, response_mask, mode="none", low=0.5, high=5.0):

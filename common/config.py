@@ -19,6 +19,14 @@ from common.errors import InputError
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 # the SFT methods that eval.compare_sft_methods can train beside the pipeline's SFT (stages sft_<method>)
 SFT_COMPARED_METHODS = ("lora", "bitune", "cmlm")
+# ppo.estimator: GAE with a critic (InstructGPT), or a critic-free estimator (spec/estimators.md section 2)
+ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")  # a baseline over each prompt's n samples
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+# each estimator's loss aggregation when ppo.loss_agg is null: its paper's (GRPO Eq. 3; Dr. GRPO's L_max)
+ESTIMATOR_LOSS_AGG = {"grpo": "seq_mean_token_mean", "dr_grpo": "seq_mean_token_sum_norm"}
+# the critic's keys, refused with a critic-free estimator rather than ignored
+CRITIC_KEYS = ("critic", "critic_lr", "value_clip", "gae_lambda")
 
 
 class Section(BaseModel):
@@ -354,6 +362,20 @@ class PPOSection(Section):
     missing_eos_penalty: float | None = Field(
         None, description="Subtracted from the score of a response cut at max_new_tokens without EOS; null: scored as is."
     )
+    # advantages: the estimator, its groups, where the KL goes
+    estimator: Literal[ESTIMATORS] = Field(
+        "gae", description="gae (a critic, InstructGPT), or critic-free: grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline."
+    )
+    group_size: int = Field(
+        1, ge=1, description="Samples per prompt (n); grpo, dr_grpo, rloo and reinforce_pp_baseline need at least 2."
+    )
+    kl_mode: Literal["reward", "loss"] = Field(
+        "reward", description="reward: -beta x KL in the reward (InstructGPT); loss: beta x KL as a loss term (GRPO; k2 or k3)."
+    )
+    loss_agg: Literal[LOSS_AGGREGATIONS] | None = Field(
+        None, description="token_mean, seq_mean_token_mean or seq_mean_token_sum_norm (/ max_new_tokens); null: the "
+        "estimator's own (grpo: seq_mean_token_mean, dr_grpo: seq_mean_token_sum_norm, else token_mean)."
+    )
     # reward shaping and advantages
     kl_coef: float = Field(0.1, ge=0.0, description="beta, the per-token KL penalty (InstructGPT: 0.02).")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator.")
@@ -365,6 +387,8 @@ class PPOSection(Section):
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda.")
     # update
     clip_ratio: float = Field(0.2, gt=0.0, description="PPO clip epsilon.")
+    clip_ratio_high: float | None = Field(None, gt=0.0, description="Upper clip epsilon (DAPO's clip-higher: 0.28); null: clip_ratio.")
+    dual_clip: float | None = Field(None, gt=1.0, description="Dual-clip c: a negative advantage's loss capped at -c x A (verl: 3).")
     value_clip: float = Field(0.2, gt=0.0, description="Value-loss clip epsilon.")
     actor_lr: float = Field(2e-5, gt=0.0, description="Actor peak learning rate (constant after warmup).")
     critic_lr: float = Field(1e-4, gt=0.0, description="Critic peak learning rate.")
@@ -392,6 +416,31 @@ class PPOSection(Section):
         if self.kl_controller == "adaptive" and self.kl_target is None:
             raise ValueError("kl_controller 'adaptive' needs kl_target (the sequence KL to steer to, e.g. 6.0)")
         return self
+
+    @model_validator(mode="after")
+    def _estimator_options_agree(self) -> PPOSection:
+        if self.estimator in GROUP_ESTIMATORS and self.group_size < 2:
+            raise ValueError(f"estimator {self.estimator!r} takes a baseline over each prompt's samples: set group_size to 2 or more")
+        if self.estimator != "gae":
+            changed = [key for key in CRITIC_KEYS if getattr(self, key) != type(self).model_fields[key].default]
+            if changed:
+                raise ValueError(f"estimator {self.estimator!r} has no critic: drop {', '.join(changed)}")
+        if self.kl_mode == "loss" and self.kl_estimator == "k1":
+            raise ValueError("kl_mode 'loss' needs kl_estimator k2 or k3 (k1's gradient has expectation 0 on-policy)")
+        return self
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.estimator == "gae"
+
+    @property
+    def prompts_per_iteration(self) -> int:
+        return self.episodes_per_iteration // self.group_size
+
+    @property
+    def aggregation(self) -> str:
+        """ppo.loss_agg, or the estimator's own."""
+        return self.loss_agg or ESTIMATOR_LOSS_AGG.get(self.estimator, "token_mean")
 
 
 class EvalSection(Section):
@@ -551,6 +600,9 @@ class Config(Section):
         if ppo.episodes_per_iteration % (workers * ppo.minibatches):
             raise ValueError(f"ppo.episodes_per_iteration ({ppo.episodes_per_iteration}) must be a multiple of "
                              f"ray.num_workers x ppo.minibatches ({workers} x {ppo.minibatches})")
+        if ppo.episodes_per_iteration % (workers * ppo.group_size):
+            raise ValueError(f"ppo.episodes_per_iteration ({ppo.episodes_per_iteration}) must be a multiple of "
+                             f"ray.num_workers x ppo.group_size ({workers} x {ppo.group_size}): each worker samples whole groups")
         if 0 < ppo.validation_prompts < workers:
             raise ValueError(f"ppo.validation_prompts ({ppo.validation_prompts}) must be 0 or at least ray.num_workers ({workers})")
         if ppo.prompts is not None and ppo.reward == "oracle":

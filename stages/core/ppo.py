@@ -108,8 +108,6 @@ def gae(rewards, values, response_mask, gamma=1.0, gae_lambda=0.95):
 
 # Critic-free estimators (spec/estimators.md section 2): each sequence's score R_i is one action's return,
 # and its advantage goes to every real token of the response.
-ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
 
 
 def kl_penalized_scores(scores, kl, response_mask, beta):
@@ -130,13 +128,14 @@ def grpo_advantages(scores, group_size, scale_by_std=True, eps=1e-6):
     """GRPO's outcome advantage (DeepSeekMath section 4.1.2): A_i = (R_i - mean_g R) / (std_g R + eps), with the
     sample std of the group; scale_by_std=False is Dr. GRPO's R_i - mean_g R. scores (B,) -> (B,).
 
-    A group whose scores are all equal gets exactly 0 (its rounding residue divided by eps would not be)."""
-    groups = _groups(scores, group_size)
+    A group whose scores are all equal gets exactly 0 (its rounding residue divided by eps would not be); the
+    statistics are taken in float64, so that scores a few float32 ulps apart are not blown up by rounding."""
+    groups = _groups(scores, group_size).double()
     centred = groups - groups.mean(-1, keepdim=True)
     if scale_by_std:
         centred = centred / (groups.std(-1, keepdim=True) + eps)
     all_equal = groups.amax(-1, keepdim=True) == groups.amin(-1, keepdim=True)
-    return torch.where(all_equal, 0.0, centred).reshape(-1)
+    return torch.where(all_equal, 0.0, centred).reshape(-1).to(scores.dtype)
 
 
 def rloo_advantages(scores, group_size):
@@ -168,9 +167,6 @@ def sequence_advantages(advantages, response_mask):
 # ---------------------------------------------------------------------------
 
 
-LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
-
-
 def aggregate_loss(per_token, response_mask, mode="token_mean", max_length=None, normaliser=None):
     """A per-token loss (B, T) reduced to a scalar (spec/estimators.md 1.3); every mode masks, so padding never leaks.
 
@@ -190,7 +186,7 @@ def aggregate_loss(per_token, response_mask, mode="token_mean", max_length=None,
         if max_length is None:
             raise ValueError("seq_mean_token_sum_norm needs max_length (the response budget L_max)")
         return (sums / max_length).mean()
-    raise ValueError(f"unknown loss aggregation {mode!r}; supported: {list(LOSS_AGGREGATIONS)}")
+    raise ValueError(f"unknown loss aggregation {mode!r}; supported: token_mean, seq_mean_token_mean, seq_mean_token_sum_norm")
 
 
 def clipped_surrogate(logprobs, old_logprobs, advantages, clip_eps=0.2, clip_eps_high=None, dual_clip=None):

@@ -35,8 +35,9 @@ from stages.runtime.ray_workers import run_on_workers
 from stages.scoring.vllm_engines import stop_engines
 
 
-def model_paths(config: Config, run_dir: RunDir) -> dict[str, str]:
-    """actor, reference, reward_model, critic: the given local paths, or the pipeline's outputs."""
+def model_paths(config: Config, run_dir: RunDir) -> dict[str, str | None]:
+    """actor, reference, reward_model, critic: the given local paths, or the pipeline's outputs; no critic with a
+    critic-free estimator."""
     ppo = config.ppo
     actor = check_model_dir(ppo.actor, "ppo.actor") if ppo.actor else require_causal_lm(run_dir.model_dir("sft"), "ppo")
     reward_model = check_model_dir(ppo.reward_model, "ppo.reward_model") if ppo.reward_model else run_dir.model_dir("rm")
@@ -44,7 +45,7 @@ def model_paths(config: Config, run_dir: RunDir) -> dict[str, str]:
         "actor": str(actor),
         "reference": str(check_model_dir(ppo.reference, "ppo.reference") if ppo.reference else actor),
         "reward_model": str(reward_model),
-        "critic": str(check_model_dir(ppo.critic, "ppo.critic") if ppo.critic else reward_model),
+        "critic": str(check_model_dir(ppo.critic, "ppo.critic") if ppo.critic else reward_model) if ppo.uses_critic else None,
     }
 
 

@@ -1,15 +1,20 @@
 """PPO-ptx on the Ray Train workers (InstructGPT section 3.5, Eq. 2; App. C.4): one iteration is
 
-  1. rollout    sample one response per prompt from the actor: HF generate on the workers' own actor
-                (stages.scoring.rollout), or vLLM engines that get the actor's weights after every update
-                (stages.scoring.vllm_engines); log pi_old from the generation pass or the actor's forward
-  2. score      reward model (+ its bias) or the tiny world's oracle; reference log-probs; values
-  3. shape      per-token KL penalty to the reference, score at the last real token, GAE, whitening
-  4. learn      PPO epochs over minibatches: clipped policy loss + ptx_coef x LM loss on a
-                pretraining batch in ONE backward and ONE actor step; clipped value loss on the critic
+  1. rollout    sample ppo.group_size responses per prompt from the actor (one for InstructGPT): HF generate
+                on the workers' own actor (stages.scoring.rollout), or vLLM engines that get the actor's
+                weights after every update (stages.scoring.vllm_engines); log pi_old from the generation
+                pass or the actor's forward
+  2. score      reward model (+ its bias) or the tiny world's oracle; reference log-probs; values (GAE only)
+  3. advantages ppo.estimator (spec/estimators.md): gae, per-token KL penalty and score at the last real
+                token, GAE with the critic, whitening; grpo, dr_grpo, rloo, the KL folded into each
+                sequence's score, a baseline over each prompt's samples; reinforce_pp(_baseline), the
+                per-token rewards' returns, whitened over every rank's tokens
+  4. learn      PPO epochs over minibatches: clipped policy loss (+ beta x KL loss with ppo.kl_mode loss)
+                + ptx_coef x LM loss on a pretraining batch in ONE backward and ONE actor step; clipped
+                value loss on the critic (GAE only)
   5. control    KL controller update, metrics, validation score, KL budget, checkpoint
 
-The actor and the critic are DeepSpeed engines (the configured ZeRO stage); the reference and the
+The actor and, for GAE, the critic are DeepSpeed engines (the configured ZeRO stage); the reference and the
 reward model are frozen DeepSpeed inference engines (on the worker's device in the run's precision;
 under ZeRO-3 sharded like the actor). Data parallel: each rank rolls out its share of the iteration's
 prompts; DeepSpeed averages the gradients. Every tensor goes to the device of the model it enters.
@@ -41,10 +46,17 @@ from stages.core.functional import masked_mean, masked_whiten, token_logprobs
 from stages.core.ppo import (
     entropy_from_logits,
     gae,
+    group_centred_scores,
+    grpo_advantages,
     kl_estimate,
+    kl_loss,
+    kl_penalized_scores,
     make_kl_controller,
     policy_loss,
     ptx_combined_loss,
+    returns_to_go,
+    rloo_advantages,
+    sequence_advantages,
     sequence_kl,
     shape_rewards,
     truncated_importance_weights,
@@ -77,7 +89,7 @@ class PPOTrainingSpec:
     actor: str
     reference: str
     reward_model: str
-    critic: str
+    critic: str | None  # None with a critic-free estimator
     tokenizer: str
     prompts: list[str]  # the training pool
     validation_prompts: list[str]
@@ -89,9 +101,10 @@ class PPOTrainingSpec:
 @dataclass
 class Experience:
     batch: RolloutBatch
-    values: torch.Tensor  # (B, T) V_old
-    returns: torch.Tensor  # (B, T)
-    advantages: torch.Tensor  # (B, T), whitened
+    advantages: torch.Tensor  # (B, T)
+    ref_logprobs: torch.Tensor  # (B, T), for the KL loss (ppo.kl_mode loss)
+    values: torch.Tensor | None = None  # (B, T) V_old (GAE only)
+    returns: torch.Tensor | None = None  # (B, T) (GAE only)
 
 
 @functools.lru_cache(maxsize=4)
@@ -172,11 +185,13 @@ class PPOTrainer:
         load = model_kwargs(self.config.model, ds.precision)
         score_kwargs = {**load, "num_labels": 1, "pad_token_id": self.tokenizer.pad_token_id}
         actor = AutoModelForCausalLM.from_pretrained(spec.actor, **load)
-        critic = AutoModelForSequenceClassification.from_pretrained(spec.critic, **score_kwargs)
+        # a critic-free estimator builds, trains and checkpoints no critic
+        critic = AutoModelForSequenceClassification.from_pretrained(spec.critic, **score_kwargs) if ppo.uses_critic else None
         # pi_old comes from an eval-mode pass (the generation pass or actor_logprobs): with dropout in the
         # training forward the first step's ratio would not be 1 and the clip would act on dropout noise
         for model in (actor, critic):
-            disable_dropout(model)
+            if model is not None:
+                disable_dropout(model)
         if ppo.lora is not None:
             from peft import get_peft_model
 
@@ -184,7 +199,7 @@ class PPOTrainer:
 
             actor = get_peft_model(actor, peft_config(ppo.lora))
         self.actor = engine(actor, ppo.actor_lr)
-        self.critic = engine(critic, ppo.critic_lr)
+        self.critic = engine(critic, ppo.critic_lr) if critic is not None else None
         # with LoRA the reference is the actor with its adapters off: no second copy of the model
         self.reference = None if ppo.lora else frozen(AutoModelForCausalLM.from_pretrained(spec.reference, **load))
         self.reward_model = None
@@ -208,12 +223,13 @@ class PPOTrainer:
     # ---- uninterrupted one would have read ---------------------------------------------------
 
     def iteration_prompts(self, iteration: int) -> list[str]:
-        """This rank's share of iteration `iteration`'s prompts: the pool in a seeded order per pass."""
-        pool, size = self.spec.prompts, self.ppo.episodes_per_iteration
+        """This rank's share of iteration `iteration`'s prompts: the pool in a seeded order per pass, each prompt
+        ppo.group_size times in a row (a rank holds whole groups, prompt-major)."""
+        pool, size = self.spec.prompts, self.ppo.prompts_per_iteration
         prompts = []
         for position in range(iteration * size + self.rank, (iteration + 1) * size, self.world):
             epoch, index = divmod(position, len(pool))
-            prompts.append(pool[_pool_order(self.config.run.seed, epoch, len(pool))[index]])
+            prompts.extend([pool[_pool_order(self.config.run.seed, epoch, len(pool))[index]]] * self.ppo.group_size)
         return prompts
 
     def pretraining_batch(self, step: int) -> dict[str, torch.Tensor]:
@@ -397,70 +413,125 @@ class PPOTrainer:
         else:
             ref_logits = response_logits(self.reference, batch.sequences, batch.attention_mask, T, self.ppo.temperature)
         ref_logprobs = token_logprobs(ref_logits, responses)
-        self.critic.eval()
-        values = token_scores(self.critic, batch.sequences, batch.attention_mask)[:, -T - 1 : -1].float()
-        self.critic.train()
         scores = self.scores(batch, prompts)
+        metrics = {}
+        if self.ppo.group_size > 1:  # TRL's frac_reward_zero_std: groups that teach a group baseline nothing
+            groups = scores.view(-1, self.ppo.group_size)
+            metrics["zero_std_groups"] = (groups.amax(-1) == groups.amin(-1)).float().mean().item()
+        if self.ppo.score_clip is not None:  # before any shaping or baseline
+            scores = scores.clamp(-self.ppo.score_clip, self.ppo.score_clip)
         kl = kl_estimate(batch.logprobs, ref_logprobs, self.ppo.kl_estimator)
-        rewards = shape_rewards(scores, kl, mask, self.kl_controller.value, self.ppo.score_clip)
-        advantages, returns = gae(rewards, values, mask, self.ppo.gamma, self.ppo.gae_lambda)
-        metrics = {
+        experience = self.advantages(batch, scores, kl, ref_logprobs)
+        metrics.update({
             "score": scores.mean().item(),
             "kl": sequence_kl(torch.where(mask, batch.logprobs - ref_logprobs, 0.0), mask).mean().item(),
             "response_length": mask.sum(-1).float().mean().item(),
             "ended": batch.ended.float().mean().item(),
             # the stale-weights alarm: pi_old against the sampler's own log-probs (0 when they are one)
             "logp_diff": masked_mean((batch.logprobs - sampler_logprobs).abs(), mask).item(),
-        }
+        })
         if self.spec.tasks is not None:
             metrics["true_score"] = self.true_scores(batch, prompts).mean().item()
-        return Experience(batch, values, returns, masked_whiten(advantages, mask)), metrics
+        return experience, metrics
+
+    @torch.no_grad()
+    def advantages(self, batch: RolloutBatch, scores: torch.Tensor, kl: torch.Tensor, ref_logprobs: torch.Tensor) -> Experience:
+        """3. The estimator's advantages from the (clipped) scores and the per-token KL to the reference, which is
+        in the reward unless ppo.kl_mode is loss (spec/estimators.md section 2)."""
+        ppo, mask, n = self.ppo, batch.response_mask, self.ppo.group_size
+        beta = self.kl_controller.value if ppo.kl_mode == "reward" else 0.0
+        if ppo.estimator == "gae":
+            self.critic.eval()
+            values = token_scores(self.critic, batch.sequences, batch.attention_mask)[:, -mask.shape[1] - 1 : -1].float()
+            self.critic.train()
+            advantages, returns = gae(shape_rewards(scores, kl, mask, beta), values, mask, ppo.gamma, ppo.gae_lambda)
+            return Experience(batch, masked_whiten(advantages, mask), ref_logprobs, values, returns)
+        if ppo.estimator in ("reinforce_pp", "reinforce_pp_baseline"):
+            baselined = group_centred_scores(scores, n) if ppo.estimator == "reinforce_pp_baseline" else scores
+            returns = returns_to_go(shape_rewards(baselined, kl, mask, beta), mask, ppo.gamma)
+            return Experience(batch, masked_whiten(returns, mask, moments=self.global_moments(returns, mask)), ref_logprobs)
+        # grpo, dr_grpo, rloo: the KL folded into each sequence's score before the group baseline
+        penalised = kl_penalized_scores(scores, kl, mask, beta)
+        if ppo.estimator == "rloo":
+            advantages = rloo_advantages(penalised, n)
+        else:
+            advantages = grpo_advantages(penalised, n, scale_by_std=ppo.estimator == "grpo")
+        return Experience(batch, sequence_advantages(advantages, mask), ref_logprobs)
+
+    def global_moments(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, population variance) of x over the real tokens of every rank's batch."""
+        real = torch.where(mask, x, 0.0).double()
+        sums = torch.stack([real.sum(), real.pow(2).sum(), mask.sum().double()])
+        if dist.is_initialized():
+            dist.all_reduce(sums)
+        mean = sums[0] / sums[2].clamp(min=1)
+        return mean.to(x.dtype), (sums[1] / sums[2].clamp(min=1) - mean**2).clamp(min=0).to(x.dtype)
 
     # ---- 4. learning ---------------------------------------------------------------------------
 
     def learn(self, experience: Experience, iteration: int) -> dict[str, float]:
         batch, T = experience.batch, experience.batch.response_mask.shape[1]
         responses = batch.sequences[:, batch.prompt_length :]
+        ppo = self.ppo
         generator = torch.Generator().manual_seed(self.config.run.seed * 100003 + iteration * 101 + self.rank)
+        minibatches = [index for _ in range(ppo.ppo_epochs)
+                       for index in torch.randperm(self.episodes_per_rank, generator=generator).to(self.device).split(self.minibatch_size)]
+        normalisers = self.token_normalisers(batch.response_mask, minibatches)
         totals: dict[str, float] = {}
         step = iteration * self.steps_per_iteration
-        for _ in range(self.ppo.ppo_epochs):
-            order = torch.randperm(self.episodes_per_rank, generator=generator)
-            for index in order.to(self.device).split(self.minibatch_size):
-                mini = batch.select(index)
-                logits = response_logits(self.actor, mini.sequences, mini.attention_mask, T, self.ppo.temperature)
-                logprobs = token_logprobs(logits, responses[index])
-                weights, mask, is_clipfrac = self.importance_weights(mini)
-                pg_loss, pg_metrics = policy_loss(logprobs, mini.logprobs, experience.advantages[index], mask, self.ppo.clip_ratio,
-                                                  token_weights=weights)
-                ptx_loss = torch.zeros((), device=self.device)
-                if self.ptx_per_step:
-                    ptx_loss = lm_loss(self.actor, **self.pretraining_batch(step))
-                # one backward of the sum: the PPO and the scaled pretraining gradients share the step
-                self.actor.backward(ptx_combined_loss(pg_loss, ptx_loss, self.ppo.ptx_coef))
-                self.actor.step()
-                self.update_ema()
+        for index, normaliser in zip(minibatches, normalisers):
+            mini = batch.select(index)
+            aggregation = dict(loss_agg=ppo.aggregation, max_length=ppo.max_new_tokens, normaliser=normaliser)
+            logits = response_logits(self.actor, mini.sequences, mini.attention_mask, T, ppo.temperature)
+            logprobs = token_logprobs(logits, responses[index])
+            weights, mask, is_clipfrac = self.importance_weights(mini)
+            pg_loss, pg_metrics = policy_loss(logprobs, mini.logprobs, experience.advantages[index], mask, ppo.clip_ratio,
+                                              token_weights=weights, clip_eps_high=ppo.clip_ratio_high, dual_clip=ppo.dual_clip,
+                                              **aggregation)
+            step_metrics = {}
+            actor_loss = pg_loss
+            if ppo.kl_mode == "loss":
+                kl_term = kl_loss(logprobs, experience.ref_logprobs[index], mini.response_mask, ppo.kl_estimator, **aggregation)
+                actor_loss = pg_loss + self.kl_controller.value * kl_term
+                step_metrics["kl_loss"] = kl_term.item()
+            ptx_loss = torch.zeros((), device=self.device)
+            if self.ptx_per_step:
+                ptx_loss = lm_loss(self.actor, **self.pretraining_batch(step))
+            # one backward of the sum: the policy and the scaled pretraining gradients share the step
+            self.actor.backward(ptx_combined_loss(actor_loss, ptx_loss, ppo.ptx_coef))
+            self.actor.step()
+            self.update_ema()
 
+            if self.critic is not None:
                 values = token_scores(self.critic, mini.sequences, mini.attention_mask)[:, -T - 1 : -1].float()
                 vf_loss, vf_clipfrac = value_loss(values, experience.values[index], experience.returns[index], mini.response_mask,
-                                                  self.ppo.value_clip)
+                                                  ppo.value_clip)
                 self.critic.backward(vf_loss)
                 self.critic.step()
+                step_metrics.update({"value_loss": vf_loss.item(), "value_clipfrac": vf_clipfrac.item()})
 
-                step_metrics = {
-                    "policy_loss": pg_loss.item(),
-                    "value_loss": vf_loss.item(),
-                    "ptx_loss": ptx_loss.item(),
-                    "clipfrac": pg_metrics["clipfrac"].item(),
-                    "approx_kl": pg_metrics["approx_kl"].item(),
-                    "value_clipfrac": vf_clipfrac.item(),
-                    "entropy": masked_mean(entropy_from_logits(logits.detach()), mini.response_mask).item(),
-                    "is_clipfrac": is_clipfrac.item(),
-                }
-                for name, value in step_metrics.items():
-                    totals[name] = totals.get(name, 0.0) + value / self.steps_per_iteration
-                step += 1
+            step_metrics.update({
+                "policy_loss": pg_loss.item(),
+                "ptx_loss": ptx_loss.item(),
+                "clipfrac": pg_metrics["clipfrac"].item(),
+                "approx_kl": pg_metrics["approx_kl"].item(),
+                "entropy": masked_mean(entropy_from_logits(logits.detach()), mini.response_mask).item(),
+                "is_clipfrac": is_clipfrac.item(),
+            })
+            for name, value in step_metrics.items():
+                totals[name] = totals.get(name, 0.0) + value / self.steps_per_iteration
+            step += 1
         return totals
+
+    def token_normalisers(self, response_mask: torch.Tensor, minibatches: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Each step's token-mean normaliser on this rank: the step's real tokens over every rank divided by the
+        ranks, so that DeepSpeed's average of the ranks' gradients is that of the global token mean (spec/estimators.md
+        1.3); one all-reduce per iteration. None (this rank's own token mean) on one rank or in the sequence modes."""
+        if self.world == 1 or self.ppo.aggregation != "token_mean":
+            return [None] * len(minibatches)
+        counts = torch.stack([response_mask[index].sum() for index in minibatches]).double()
+        dist.all_reduce(counts)
+        return list((counts / self.world).clamp(min=1).float())
 
     def importance_weights(self, mini: RolloutBatch) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """rollout.tis: each token's weight pi_old / pi_rollout (truncated or masked), the mask it leaves, and the
@@ -520,7 +591,8 @@ class PPOTrainer:
         checkpoints = self.run_dir.checkpoints_dir(self.spec.stage)
         folder = checkpoints / f"iteration-{iteration}"
         self.actor.save_checkpoint(str(folder), tag="actor", save_latest=False)
-        self.critic.save_checkpoint(str(folder), tag="critic", save_latest=False)
+        if self.critic is not None:
+            self.critic.save_checkpoint(str(folder), tag="critic", save_latest=False)
         state = {
             "iteration": iteration,
             "kl_controller": self.kl_controller.state_dict(),
@@ -542,7 +614,8 @@ class PPOTrainer:
         if folder is None:
             return
         self.actor.load_checkpoint(str(folder), tag="actor")
-        self.critic.load_checkpoint(str(folder), tag="critic")
+        if self.critic is not None:
+            self.critic.load_checkpoint(str(folder), tag="critic")
         state = torch.load(folder / f"trainer-rank{self.rank}.pt", weights_only=False)
         self.iteration = state["iteration"]
         self.kl_controller.load_state_dict(state["kl_controller"])

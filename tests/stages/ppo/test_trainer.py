@@ -84,3 +84,55 @@ def test_lora_actor_uses_itself_without_adapters_as_the_reference_and_saves_merg
     base = AutoModelForCausalLM.from_pretrained(ppo_models / "actor", local_files_only=True)
     assert merged.state_dict().keys() == base.state_dict().keys()
     assert not torch.equal(merged.state_dict()["transformer.h.0.attn.c_attn.weight"], base.state_dict()["transformer.h.0.attn.c_attn.weight"])
+
+
+def test_group_estimators_sample_whole_groups_and_build_no_critic(process_group, ppo_models, tmp_path):
+    trainer = make_trainer(ppo_models, tmp_path, "ppo.estimator=grpo", "ppo.group_size=4")
+    assert trainer.critic is None
+    prompts = trainer.iteration_prompts(0)
+    assert len(prompts) == 8 and prompts[:4] == [prompts[0]] * 4 and prompts[4:] == [prompts[4]] * 4 and prompts[0] != prompts[4]
+    batch = trainer.rollout.generate(prompts)
+    experience, metrics = trainer.make_experience(batch, prompts)
+    mask = batch.response_mask
+    assert experience.values is None and experience.returns is None
+    assert (experience.advantages[~mask] == 0).all()
+    # one advantage per sequence, at each of its real tokens, centred within each group
+    first = experience.advantages[:, 0]
+    assert torch.equal(experience.advantages, torch.where(mask, first.unsqueeze(-1), 0.0))
+    torch.testing.assert_close(first.view(2, 4).sum(-1), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(first.view(2, 4).std(-1), torch.ones(2), atol=1e-3, rtol=0)
+    assert metrics["zero_std_groups"] == 0.0  # a random reward model scores no two samples alike
+    learned = trainer.learn(experience, iteration=0)
+    assert "value_loss" not in learned and trainer.actor.global_steps == 2
+    trainer.save_checkpoint(1)
+    folder = tmp_path / "ppo" / "checkpoints" / "iteration-1"
+    assert (folder / "actor").is_dir() and not (folder / "critic").exists()
+    resumed = make_trainer(ppo_models, tmp_path, "ppo.estimator=grpo", "ppo.group_size=4")
+    resumed.load_checkpoint()
+    assert resumed.iteration == 1
+    for a, b in zip(trainer.actor.module.parameters(), resumed.actor.module.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_reinforce_pp_whitens_the_returns_over_the_batch(process_group, ppo_models, tmp_path):
+    trainer = make_trainer(ppo_models, tmp_path, "ppo.estimator=reinforce_pp_baseline", "ppo.group_size=2")
+    prompts = trainer.iteration_prompts(0)
+    batch = trainer.rollout.generate(prompts)
+    experience, _ = trainer.make_experience(batch, prompts)
+    real = experience.advantages[batch.response_mask]
+    assert abs(real.mean().item()) < 1e-5 and abs(real.var(unbiased=False).item() - 1.0) < 1e-3
+
+
+def test_kl_as_a_loss_term_joins_the_actor_step(process_group, ppo_models, tmp_path):
+    weights = {}
+    for beta in (0.0, 5.0):
+        trainer = make_trainer(ppo_models, tmp_path / str(beta), "ppo.estimator=rloo", "ppo.group_size=2", "ppo.kl_mode=loss",
+                               "ppo.kl_estimator=k3", f"ppo.kl_coef={beta}", "ppo.ppo_epochs=2", "ppo.ptx_coef=0")
+        torch.manual_seed(0)
+        prompts = trainer.iteration_prompts(0)
+        experience, metrics = trainer.make_experience(trainer.rollout.generate(prompts), prompts)
+        learned = trainer.learn(experience, iteration=0)
+        # the actor starts at its reference: the first step's KL is 0, later steps' is not
+        assert 0.0 < learned["kl_loss"] < 1.0
+        weights[beta] = torch.cat([p.detach().flatten().clone() for p in trainer.actor.module.parameters()])
+    assert not torch.allclose(weights[0.0], weights[5.0])

@@ -27,6 +27,17 @@ LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_no
 ESTIMATOR_LOSS_AGG = {"grpo": "seq_mean_token_mean", "dr_grpo": "seq_mean_token_sum_norm"}
 # the critic's keys, refused with a critic-free estimator rather than ignored
 CRITIC_KEYS = ("critic", "critic_lr", "value_clip", "gae_lambda")
+# the methods eval.compare_methods can train beside PPO from the same SFT policy: the critic-free estimators
+# (stages ppo_<estimator>, on the same reward model) and DPO on the same rankings (stage dpo)
+COMPARED_METHODS = (*(e for e in ESTIMATORS if e != "gae"), "dpo")
+
+
+def method_stage(method: str) -> str:
+    """The stage that trains a compared method (and names its policy in the eval stage)."""
+    return method if method == "dpo" else f"ppo_{method}"
+
+
+DPO_LOSSES = ("all_pairs", "plackett_luce")
 
 
 class Section(BaseModel):
@@ -338,6 +349,19 @@ class RMSection(TrainSection):
     )
 
 
+class DPOSection(TrainSection):
+    model: str | None = Field(None, description="Policy to train (causal LM dir); null: DIR/sft/model.")
+    reference: str | None = Field(None, description="Frozen reference of the implicit reward; null: the policy's starting weights.")
+    beta: float = Field(0.1, gt=0.0, description="beta of s = beta x (log pi - log pi_ref) (DPO and TRL: 0.1).")
+    loss: Literal[DPO_LOSSES] = Field(
+        "all_pairs", description="all_pairs: every strict pair of a prompt in one batch element (the reward stage's "
+        "grouping); plackett_luce: the likelihood of the whole ranking (DPO App. A.3). Ties: dropped pairs / Breslow."
+    )
+    ptx_coef: float = Field(0.0, ge=0.0, description="Weight of a pretraining LM loss in the same step (0: plain DPO).")
+    ptx_per_prompt: int = Field(1, ge=1, description="Pretraining sequences per ranked prompt when ptx_coef > 0.")
+    lora: LoraSection | None = Field(None, description="Train LoRA adapters; the saved policy is merged.")
+
+
 class PPOSection(Section):
     # models: each defaults to the pipeline's output, or names a local directory (standalone use)
     actor: str | None = Field(None, description="Policy to train (causal LM dir); null: DIR/sft/model.")
@@ -462,6 +486,14 @@ class EvalSection(Section):
         default_factory=list,
         description="SFT methods to train beside the pipeline's SFT (stages sft_lora, sft_bitune, sft_cmlm, with "
         "sft.bitune.lora for both adapter methods) and evaluate as policies, with their decoding speed.",
+    )
+    compare_methods: list[Literal[COMPARED_METHODS]] = Field(
+        default_factory=list,
+        description="Methods to train beside PPO from the same SFT policy and evaluate in one table: the critic-free "
+        "estimators (stages ppo_<estimator>, same reward model, same episodes) and dpo (same rankings).",
+    )
+    compare_group_size: int = Field(
+        4, ge=2, description="Samples per prompt (ppo.group_size) of the compared estimators' stages ppo_<estimator>."
     )
     policies: dict[str, str] | None = Field(
         None,
@@ -588,6 +620,7 @@ class Config(Section):
     labeling: LabelingSection = Field(default_factory=LabelingSection)
     rm: RMSection = Field(default_factory=RMSection)
     ppo: PPOSection = Field(default_factory=PPOSection)
+    dpo: DPOSection = Field(default_factory=DPOSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
@@ -603,6 +636,10 @@ class Config(Section):
         if ppo.episodes_per_iteration % (workers * ppo.group_size):
             raise ValueError(f"ppo.episodes_per_iteration ({ppo.episodes_per_iteration}) must be a multiple of "
                              f"ray.num_workers x ppo.group_size ({workers} x {ppo.group_size}): each worker samples whole groups")
+        compared = [m for m in self.eval.compare_methods if m != "dpo"]
+        if compared and ppo.episodes_per_iteration % (workers * self.eval.compare_group_size):
+            raise ValueError(f"eval.compare_methods {compared}: ppo.episodes_per_iteration ({ppo.episodes_per_iteration}) must be a "
+                             f"multiple of ray.num_workers x eval.compare_group_size ({workers} x {self.eval.compare_group_size})")
         if 0 < ppo.validation_prompts < workers:
             raise ValueError(f"ppo.validation_prompts ({ppo.validation_prompts}) must be 0 or at least ray.num_workers ({workers})")
         if ppo.prompts is not None and ppo.reward == "oracle":

@@ -6,8 +6,8 @@ from __future__ import annotations
 import importlib
 
 from common.graph import StageGraph
+from stages import dpo, label, ppo, pretrain, rm, sample, sft
 from stages import eval as evaluation
-from stages import label, ppo, pretrain, rm, sample, sft
 
 GRAPH = StageGraph((
     pretrain.DECLARATION,
@@ -18,6 +18,8 @@ GRAPH = StageGraph((
     rm.DECLARATION,
     ppo.DECLARATION,
     ppo.NO_PTX_DECLARATION,
+    *ppo.ESTIMATOR_DECLARATIONS,
+    dpo.DECLARATION,
     evaluation.DECLARATION,
 ))
 

@@ -13,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("common", "tiny_world", "stages", "labeling_ui", "pipeline", "bench")
-STAGE_PACKAGES = ("pretrain", "sft", "sft_lora", "sft_bitune", "sft_cmlm", "sample", "label", "rm", "ppo", "ppo_no_ptx", "eval")
+STAGE_PACKAGES = ("pretrain", "sft", "sft_lora", "sft_bitune", "sft_cmlm", "sample", "label", "rm", "ppo", "ppo_no_ptx", "ppo_grpo",
+                  "ppo_dr_grpo", "ppo_rloo", "ppo_reinforce_pp", "ppo_reinforce_pp_baseline", "dpo", "eval")
 
 # bottom to top: a module imports its own layer (package) and the layers below it; two packages on one
 # floor do not import each other (the stages among them)

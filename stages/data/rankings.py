@@ -32,8 +32,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.config import Config
 from common.errors import InputError
 from common.files import numbered_jsonl_records
+from common.run_dir import RunDir
 from stages.data.files import open_dataset, render_conversation
 
 EXPECTED = "expected K-way prompt/candidates/ranking, pairwise prompt/chosen/rejected, or chosen/rejected"
@@ -250,3 +252,10 @@ def split_by_prompt(
     train = [g for g in groups if g.prompt not in heldout_prompts]
     heldout = [g for g in groups if g.prompt in heldout_prompts]
     return train, heldout
+
+
+def rankings_path(config: Config, run_dir: RunDir) -> tuple[Path, str | None]:
+    """The rankings the reward model and DPO read: data.rankings (and its split), or the label stage's export."""
+    if config.data.rankings is not None:
+        return Path(config.data.rankings.path), config.data.rankings.split
+    return run_dir.stage_dir("label") / "rankings.jsonl", None

@@ -1,7 +1,7 @@
 """Stage `eval` (stage.py): every policy on held-out prompts, judged by the true score (tiny world) and
 by reward models; writes the run's report (report.py)."""
 
-from common.config import SFT_COMPARED_METHODS, Config
+from common.config import COMPARED_METHODS, SFT_COMPARED_METHODS, Config, method_stage
 from common.graph import StageDeclaration
 from common.inputs import require_dataset, require_model_dir
 
@@ -39,6 +39,10 @@ def _summary(metrics: dict[str, float]) -> list[str]:
         sft_loss = metrics["sft/lm_loss"]
         lines.append(f"pretraining LM loss against SFT: {metrics['ppo/lm_loss'] - sft_loss:+.4f} with ptx, "
                      f"{metrics['ppo_no_ptx/lm_loss'] - sft_loss:+.4f} without")
+    compared = [name for name in ("ppo", *map(method_stage, COMPARED_METHODS)) if f"{name}/win_rate_vs_sft" in metrics]
+    if len(compared) > 1:
+        lines.append("methods from the same SFT policy, held-out true score (win rate against SFT): " + ", ".join(
+            f"{name} {metrics[f'{name}/true_score']:.3f} ({100 * metrics[f'{name}/win_rate_vs_sft']:.0f}%)" for name in compared))
     methods = [name for name in ("sft", *(f"sft_{m}" for m in SFT_COMPARED_METHODS)) if f"{name}/true_score" in metrics]
     if len(methods) > 1:
         lines.append("SFT methods, held-out true score (decoding ms per response): " + ", ".join(
@@ -50,7 +54,8 @@ def _summary(metrics: dict[str, float]) -> list[str]:
 DECLARATION = StageDeclaration(
     name="eval",
     entry="stages.eval.stage:evaluate",
-    inputs=("pretrain", "sft", "rm", "ppo", "ppo_no_ptx", *(f"sft_{m}" for m in SFT_COMPARED_METHODS)),
+    inputs=("pretrain", "sft", "rm", "ppo", "ppo_no_ptx", *(f"sft_{m}" for m in SFT_COMPARED_METHODS),
+            *map(method_stage, COMPARED_METHODS)),
     config_keys=("world", "model.name_or_path", "data.mixture", "eval", "rm.max_length", "ppo.reward_model", "rollout.engine",
                  "rollout.dtype"),
     outputs=("report", "policies", "responses"),

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.config import COMPARED_METHODS, method_stage
 from common.errors import InputError
 from common.files import atomic_write_json, atomic_write_text, read_jsonl
 from common.run_dir import RunDir
@@ -23,6 +24,26 @@ EVAL_COLUMNS = ("true_score", "win_rate_vs_sft", "win_rate_low", "win_rate_high"
                 "decode_ms", "lm_loss", "heldout_family_true_score", "heldout_family_ni_exact_match", "heldout_family_rouge_l")
 
 
+def _method_rows(evaluated: dict, stage_rows: list[dict]) -> list[dict[str, Any]]:
+    """One row per method trained from the same SFT policy (PPO-ptx and eval.compare_methods), when any was
+    compared: held-out true score, win rate against SFT with its interval, reward-model score, KL to SFT, the
+    alignment tax (LM loss on held-out pretraining text above SFT's) and the stage's wall time."""
+    names = [n for n in ("ppo", *map(method_stage, COMPARED_METHODS)) if n in evaluated]
+    if len(names) < 2 or "sft" not in evaluated:
+        return []
+    seconds = {r["stage"]: r["duration_s"] for r in stage_rows}
+    sft_loss = evaluated["sft"].get("lm_loss")
+    rows = []
+    for name in names:
+        policy = evaluated[name]
+        tax = policy["lm_loss"] - sft_loss if policy.get("lm_loss") is not None and sft_loss is not None else None
+        rows.append({"method": name, "true_score": policy.get("true_score"), "win_rate_vs_sft": policy.get("win_rate_vs_sft"),
+                     "win_rate_low": policy.get("win_rate_low"), "win_rate_high": policy.get("win_rate_high"),
+                     "rm_score": policy.get("rm_score"), "kl_to_sft": policy.get("kl_to_sft"), "lm_loss_above_sft": tax,
+                     "wall_time_s": seconds.get(name)})
+    return rows
+
+
 def _stage_rows(stages: dict[str, dict]) -> list[dict[str, Any]]:
     rows = []
     for name in sorted(stages, key=lambda n: stages[n].get("started_at", float("inf"))):  # in the order they ran
@@ -32,7 +53,7 @@ def _stage_rows(stages: dict[str, dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, calibration: list) -> dict[str, str]:
+def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, calibration: list, methods: list[dict]) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,6 +104,20 @@ def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, cali
         axes[0][-1].set_title(f"{'true' if families else 'reward-model'} score distribution", fontsize=9)
         axes[0][-1].legend(fontsize=7)
         save(figure, "policies")
+    judged = [m for m in methods if m["win_rate_vs_sft"] is not None]
+    if judged:  # each method's win rate with its interval, and what it bought against how far it moved
+        figure, axes = plt.subplots(1, 2, figsize=FIGURE_SIZE)
+        rates = [m["win_rate_vs_sft"] for m in judged]
+        errors = [[r - m["win_rate_low"] for r, m in zip(rates, judged)], [m["win_rate_high"] - r for r, m in zip(rates, judged)]]
+        axes[0].barh([m["method"] for m in judged][::-1], rates[::-1], xerr=[e[::-1] for e in errors], capsize=3)
+        axes[0].axvline(0.5, linestyle=":", color="grey")
+        axes[0].set_title("win rate against SFT (true score, 95% interval)", fontsize=9)
+        for m in judged:
+            axes[1].scatter(m["kl_to_sft"] or 0.0, m["true_score"])
+            axes[1].annotate(m["method"], (m["kl_to_sft"] or 0.0, m["true_score"]), fontsize=7)
+        axes[1].set_xlabel("KL to SFT (nats)", fontsize=8)
+        axes[1].set_title("held-out true score", fontsize=9)
+        save(figure, "methods")
     if calibration:
         figure, axis = plt.subplots(figsize=FIGURE_SIZE)
         axis.plot([0, 1], [0, 1], linestyle=":", color="grey")
@@ -132,8 +167,9 @@ def build_report(run_dir: str | Path) -> Path:
     order = ("base", "sft", "ppo", "ppo_no_ptx")  # as the pipeline makes them
     evaluated = {name: evaluated[name] for name in sorted(evaluated, key=lambda n: order.index(n) if n in order else len(order))}
     calibration = _read_json(run.stage_dir("rm") / "calibration.json", [])
-    plots = _plots(run, out, stage_rows, evaluated, calibration)
-    summary = {"stages": stage_rows, "sft": stages.get("sft", {}).get("metrics", {}), "reward_model": rm,
+    methods = _method_rows(evaluated, stage_rows)
+    plots = _plots(run, out, stage_rows, evaluated, calibration, methods)
+    summary = {"stages": stage_rows, "sft": stages.get("sft", {}).get("metrics", {}), "reward_model": rm, "methods": methods,
                "ppo": stages.get("ppo", {}).get("metrics", {}),
                "evaluation": {n: {k: v for k, v in p.items() if k != "scores"} for n, p in evaluated.items()},
                "rm_calibration": calibration, "plots": plots}
@@ -153,6 +189,13 @@ def build_report(run_dir: str | Path) -> Path:
                   "model (heldout_rm_) when one was given.\n", _table(rows)]
         if "policies" in plots:
             parts.append(f"![per task family, and the score distribution]({plots['policies']})\n")
+    if methods:
+        parts += ["## Methods from the same SFT policy\n",
+                  "PPO-ptx (GAE, a critic) and the methods of eval.compare_methods, each trained from the same SFT policy: the "
+                  "RL estimators on the same reward model and episodes, DPO on the same rankings. lm_loss_above_sft is the "
+                  "alignment tax; wall_time_s the stage's.\n", _table(methods)]
+        if "methods" in plots:
+            parts.append(f"![win rate against SFT, and true score against KL to SFT]({plots['methods']})\n")
     if "ppo_curves" in plots:
         parts.append(f"![PPO: score, KL and beta per iteration]({plots['ppo_curves']})\n")
     if "rm_vs_true_score" in plots:

@@ -1,5 +1,6 @@
-"""Stage `eval`: what each stage bought, for the base model, SFT, PPO-ptx and PPO without ptx, and the
-other SFT methods of eval.compare_sft_methods (plain LoRA, Bitune, cmlm) with their decoding speed.
+"""Stage `eval`: what each stage bought, for the base model, SFT, PPO-ptx and PPO without ptx, the other
+SFT methods of eval.compare_sft_methods (plain LoRA, Bitune, cmlm) with their decoding speed, and the
+methods of eval.compare_methods (critic-free estimators, DPO) trained from the same SFT policy.
 
 On the tiny world (the default), on its held-out prompts (held-out instances of the training
 families, and the held-out families): true score, exact match, Natural-Instructions EM and ROUGE-L,
@@ -9,7 +10,7 @@ same without the figures that need a task's answer. Either way, win rates agains
 trained reward model and, when eval.heldout_reward_model is given, by one that PPO never optimised
 against (where the two judges part, the policy games the first).
 
-Reads:  DIR/{pretrain,sft,ppo,ppo_no_ptx,sft_lora,sft_bitune,sft_cmlm}/model (those the config has) or
+Reads:  DIR/{pretrain,sft,ppo,ppo_no_ptx,sft_<method>,ppo_<estimator>,dpo}/model (those the config has) or
         eval.policies, the reward model (DIR/rm/model, ppo.reward_model or eval.reward_model), the reward
         model's metrics.
 Writes: DIR/eval/policies.json (per policy: the figures, per family, and the per-prompt scores),
@@ -22,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from common.config import Config
+from common.config import Config, method_stage
 from common.files import atomic_write_json, atomic_write_jsonl
 from common.run_dir import RunDir
 from stages.data.datasets import make_world
@@ -57,7 +58,8 @@ def evaluated_policies(config: Config, run_dir: RunDir) -> dict[str, Path]:
         return {name: check_model_dir(path, f"eval.policies.{name}") for name, path in config.eval.policies.items()}
     base = run_dir.model_dir("pretrain") if config.model.name_or_path is None else Path(config.model.name_or_path)
     dirs = {"base": base, "sft": run_dir.model_dir("sft"), "ppo": run_dir.model_dir("ppo")}
-    compared = (["ppo_no_ptx"] if config.eval.compare_without_ptx else []) + [f"sft_{m}" for m in config.eval.compare_sft_methods]
+    compared = (["ppo_no_ptx"] if config.eval.compare_without_ptx else []) + [f"sft_{m}" for m in config.eval.compare_sft_methods] \
+        + [method_stage(m) for m in config.eval.compare_methods]
     dirs.update({name: run_dir.model_dir(name) for name in compared})
     return dirs
 

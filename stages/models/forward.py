@@ -1,5 +1,6 @@
-"""Forward passes of a causal LM that PPO needs: the logits and log-probs of a response's tokens
-given its prompt, and the plain LM loss on pretraining text (the ptx term).
+"""Forward passes of a causal LM that PPO and DPO need: the logits of a response's tokens given its prompt,
+the summed log-prob of each completion of a right-padded batch, and the plain LM loss on pretraining text
+(the ptx term).
 
 Each moves its inputs to the model's device (`model.device`: a DeepSpeed engine's, or an HF model's), so
 callers may hand over CPU tensors from a tokenizer or a rollout on another device."""
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from stages.core.functional import IGNORE_INDEX, position_ids
+from stages.core.functional import IGNORE_INDEX, position_ids, token_logprobs
 
 
 def response_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
@@ -24,6 +25,14 @@ def response_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor
     logits = logits[:, :-1].float()
     return logits / temperature if temperature != 1.0 else logits
 
+
+def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(y | x) of each right-padded row, summed over its completion tokens (completion_mask True, EOS
+    included): (B, L) -> (B,), the quantity DPO's implicit reward compares."""
+    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    logprobs = token_logprobs(logits, input_ids[:, 1:])
+    return torch.where(completion_mask[:, 1:].to(logprobs.device), logprobs, 0.0).sum(-1)
 
 
 def lm_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,17 @@ Writes: DIR/rm/model (AutoModelForSequenceClassification, num_labels=1, `reward_
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from common.config import Config
 from common.files import append_jsonl, atomic_write_json, read_jsonl
 from common.run_dir import RunDir
 from stages.data.datasets import sft_dataset, world_tasks
-from stages.data.rankings import RankingGroup, load_rankings, split_by_prompt
+from stages.data.rankings import (
+    RankingGroup,
+    load_rankings,
+    rankings_path,
+    split_by_prompt,
+)
 from stages.models.loading import (
     check_model_dir,
     load_tokenizer,
@@ -30,12 +34,6 @@ from stages.rm.evaluation import calibration_pairs, label_metrics, world_metrics
 from stages.rm.training import SCORES_FILE, STAGE, RMTrainingSpec, train_rm
 from stages.runtime.lifecycle import StageResult
 from stages.scoring.metrics import calibration_bins
-
-
-def rankings_path(config: Config, run_dir: RunDir) -> tuple[Path, str | None]:
-    if config.data.rankings is not None:
-        return Path(config.data.rankings.path), config.data.rankings.split
-    return run_dir.stage_dir("label") / "rankings.jsonl", None
 
 
 def group_texts(group: RankingGroup, eos_token: str) -> list[str]:

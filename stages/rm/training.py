@@ -13,13 +13,20 @@ import json
 from dataclasses import dataclass
 
 import torch
-from transformers import Trainer
 
 from common.config import Config
 from common.files import atomic_write_text
 from common.run_dir import RunDir
 from stages.core.ranking import ranking_loss, reward_bias
 from stages.models.reward_model import BIAS_KEY, encode, score_texts, sequence_scores
+from stages.runtime.hf_trainer import (
+    LoggedMeans,
+    StageFiles,
+    on_all_ranks,
+    resume_point,
+    save_final,
+    training_arguments,
+)
 from stages.runtime.ray_workers import run_on_workers
 
 STAGE = "rm"
@@ -51,52 +58,23 @@ class RankingCollator:
         return {**batch, "group_sizes": [len(group["texts"]) for group in groups], "tiers": [group["tiers"] for group in groups]}
 
 
-class RankingTrainer(Trainer):
+class RankingTrainer(LoggedMeans):
     """HF Trainer whose loss is the K-way ranking loss; logs the pairwise accuracy beside the loss."""
 
     def __init__(self, *args, margin: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.margin = margin
-        self._accuracies: list[float] = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         scores = sequence_scores(model, inputs["input_ids"], inputs["attention_mask"])
         result = ranking_loss(list(torch.split(scores, inputs["group_sizes"])), inputs["tiers"], self.margin)
-        self._accuracies.append(result.accuracy.item())
+        self.record("accuracy", result.accuracy.item())
         return (result.loss, {"scores": scores}) if return_outputs else result.loss
-
-    def log(self, logs: dict, *args, **kwargs) -> None:
-        if "loss" in logs and self._accuracies:
-            logs["accuracy"] = sum(self._accuracies) / len(self._accuracies)
-            self._accuracies.clear()
-        super().log(logs, *args, **kwargs)
 
 
 def train_rm(spec: RMTrainingSpec) -> None:
     run_dir = RunDir(spec.run_dir)
     run_on_workers(spec.config.ray, spec.config.run.torch_threads, _worker, spec, name=STAGE, storage=run_dir.stage_dir(STAGE) / "ray")
-
-
-@torch.no_grad()
-def score_on_all_ranks(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> list[float]:
-    """Scores of `texts`, each rank taking every world-th one. Every rank runs the same number of
-    forward passes (ZeRO-3 gathers parameters collectively), padding its share with a repeat."""
-    import torch.distributed as dist
-
-    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
-    share = texts[rank::world]
-    per_rank = -(-len(texts) // world)
-    padded = share + [texts[0]] * (per_rank - len(share))
-    scores = score_texts(model, tokenizer, padded, max_length, batch_size)
-    gathered: list[list[float]] = [None] * world  # type: ignore[list-item]
-    if dist.is_initialized():
-        dist.all_gather_object(gathered, scores[: len(share)])
-    else:
-        gathered = [scores]
-    result = [0.0] * len(texts)
-    for r, rank_scores in enumerate(gathered):
-        result[r::world] = rank_scores
-    return result
 
 
 def _worker(spec: RMTrainingSpec, rank: int) -> None:
@@ -109,12 +87,6 @@ def _worker(spec: RMTrainingSpec, rank: int) -> None:
     )
 
     from stages.models.loading import load_tokenizer, model_kwargs, peft_config
-    from stages.runtime.hf_trainer import (
-        StageFiles,
-        resume_point,
-        save_final,
-        training_arguments,
-    )
 
     config, section = spec.config, spec.config.rm
     run_dir = RunDir(spec.run_dir)
@@ -143,8 +115,12 @@ def _worker(spec: RMTrainingSpec, rank: int) -> None:
     engine = trainer.model_wrapped
     engine.eval()
     batch_size = 4 * section.batch_size
-    heldout = score_on_all_ranks(engine, tokenizer, spec.heldout_texts, section.max_length, batch_size)
-    demonstrations = score_on_all_ranks(engine, tokenizer, spec.demonstration_texts, section.max_length, batch_size)
+    def score(texts: list[str]) -> list[float]:
+        with torch.no_grad():
+            return score_texts(engine, tokenizer, texts, section.max_length, batch_size)
+
+    heldout = on_all_ranks(spec.heldout_texts, score)
+    demonstrations = on_all_ranks(spec.demonstration_texts, score)
     bias = float(reward_bias(torch.tensor(demonstrations)))
     if rank == 0:
         record = {"heldout_raw_scores": heldout, "bias": bias, "demonstration_raw_mean": -bias}

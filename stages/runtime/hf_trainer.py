@@ -1,15 +1,17 @@
 """What every HF-Trainer-based stage shares on a Ray Train worker: the training arguments built from a
 TrainSection, the run-dir files (metrics.jsonl, the `latest` checkpoint marker), resume from the
-latest complete checkpoint, and the final save in HF format.
+latest complete checkpoint, per-step figures logged as means, work shared out over the ranks, and the
+final save in HF format.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from common.config import Config, LoraSection, TrainSection
 from common.files import append_jsonl
@@ -46,6 +48,44 @@ class StageFiles(TrainerCallback):
         barrier()
         if state.is_world_process_zero:
             mark_latest(self.run_dir.checkpoints_dir(self.stage), f"checkpoint-{state.global_step}")
+
+
+class LoggedMeans(Trainer):
+    """A Trainer whose compute_loss records figures of each step (`self.record(name, value)`), logged beside the
+    loss as their means since the last log."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._recorded: dict[str, list[float]] = {}
+
+    def record(self, name: str, value: float) -> None:
+        self._recorded.setdefault(name, []).append(value)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs:
+            logs.update({name: sum(values) / len(values) for name, values in self._recorded.items() if values})
+            self._recorded.clear()
+        super().log(logs, *args, **kwargs)
+
+
+def on_all_ranks(items: Sequence, compute: Callable[[list], list]) -> list:
+    """compute(items) with every rank taking every world-th item, gathered on every rank in the items' order. Each
+    rank calls compute on the same number of items (ZeRO-3 gathers parameters collectively), its share padded
+    with a repeat of the first item."""
+    import torch.distributed as dist
+
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+    share = list(items[rank::world])
+    per_rank = -(-len(items) // world)
+    results = compute(share + [items[0]] * (per_rank - len(share)))[: len(share)]
+    gathered: list[list] = [results]
+    if dist.is_initialized():
+        gathered = [None] * world  # type: ignore[list-item]
+        dist.all_gather_object(gathered, results)
+    merged: list = [None] * len(items)
+    for r, rank_results in enumerate(gathered):
+        merged[r::world] = rank_results
+    return merged
 
 
 def training_arguments(train: TrainSection, config: Config, run_dir: RunDir, stage: str, rank: int) -> dict[str, Any]:

@@ -4,14 +4,15 @@ from stages.registry import GRAPH
 fingerprints, inputs_of, enabled_stages = GRAPH.fingerprints, GRAPH.inputs_of, GRAPH.enabled
 
 
-def downstream(*names: str) -> list[str]:
-    """The stages named and every stage that reads them, directly or not, in graph order (from the
-    declarations, so that a new stage needs no edit here)."""
+def downstream(*names: str, config=None) -> list[str]:
+    """The stages named and every stage that reads them, directly or not, in graph order, of those the config
+    (the default one) enables (from the declarations, so that a new stage needs no edit here)."""
     found = set(names)
     for declared in GRAPH.stages:
         if found & set(declared.inputs):
             found.add(declared.name)
-    return [name for name in GRAPH.names if name in found]
+    enabled = {s.name for s in enabled_stages(config or load_config(None))}
+    return [name for name in GRAPH.names if name in found and name in enabled]
 
 
 def test_fingerprint_changes_with_the_stage_config_and_flows_downstream():
@@ -72,11 +73,14 @@ def test_sft_methods_rerun_only_on_the_keys_they_read():
         new = fingerprints(load_config(None, [methods, *overrides]))
         return [name for name in base if base[name] != new[name]]
 
-    assert changed("sft.bitune.lora.alpha=4") == downstream("sft_lora", "sft_bitune")
-    assert changed("sft.bitune.ablation=shared") == downstream("sft_bitune")
-    assert changed("sft.cmlm.decode_iters=4") == downstream("sft_cmlm")
-    assert changed("sft.pretrain_mix=0.2") == downstream("sft")
-    assert changed("sft.lr=1e-4") == downstream("sft", "sft_lora", "sft_bitune", "sft_cmlm")
+    def downstream_of(*names):
+        return downstream(*names, config=load_config(None, [methods]))
+
+    assert changed("sft.bitune.lora.alpha=4") == downstream_of("sft_lora", "sft_bitune")
+    assert changed("sft.bitune.ablation=shared") == downstream_of("sft_bitune")
+    assert changed("sft.cmlm.decode_iters=4") == downstream_of("sft_cmlm")
+    assert changed("sft.pretrain_mix=0.2") == downstream_of("sft")
+    assert changed("sft.lr=1e-4") == downstream_of("sft", "sft_lora", "sft_bitune", "sft_cmlm")
     # the pipeline's own SFT reads its method's section
     assert "sft" in changed("sft.method=bitune") and "sft" in fingerprints(load_config(None, ["sft.method=bitune"]))
     bitune = fingerprints(load_config(None, ["sft.method=bitune"]))
@@ -146,3 +150,25 @@ def test_each_stage_declares_every_config_key_its_code_reads():
 def test_downstream_follows_the_declared_inputs():
     # the one stage list typed here, to check the helper the other tests lean on
     assert downstream("rm") == ["rm", "ppo", "ppo_no_ptx", "eval"]
+    compared = load_config(None, ["eval.compare_methods=[grpo,dpo]"])
+    assert downstream("rm", config=compared) == ["rm", "ppo", "ppo_no_ptx", "ppo_grpo", "eval"]
+    assert downstream("label", config=compared) == ["label", "rm", "ppo", "ppo_no_ptx", "ppo_grpo", "dpo", "eval"]
+
+
+def test_compared_methods_are_stages_from_the_same_sft_policy():
+    base = load_config(None)
+    compared = load_config(None, ["eval.compare_methods=[grpo,rloo,dpo]"])
+    assert {"ppo_grpo", "ppo_rloo", "dpo"} <= {s.name for s in enabled_stages(compared)}
+    assert not {"ppo_grpo", "dpo"} & {s.name for s in enabled_stages(base)}
+    assert inputs_of("ppo_grpo", compared) == ["sft", "rm"] and inputs_of("dpo", compared) == ["sft", "label"]
+    assert {"ppo_grpo", "ppo_rloo", "dpo"} <= set(inputs_of("eval", compared))
+    view = GRAPH["ppo_rloo"].config_view(compared)
+    assert view.ppo.estimator == "rloo" and view.ppo.group_size == 4 and not view.ppo.uses_critic
+    prints = fingerprints(compared)
+    # a change of the pipeline's PPO estimator or of DPO reruns what reads it and nothing else
+    rloo_group = fingerprints(load_config(None, ["eval.compare_methods=[grpo,rloo,dpo]", "eval.compare_group_size=8"]))
+    assert [s for s in prints if prints[s] != rloo_group[s]] == ["ppo_grpo", "ppo_rloo", "eval"]
+    beta = fingerprints(load_config(None, ["eval.compare_methods=[grpo,rloo,dpo]", "dpo.beta=0.5"]))
+    assert [s for s in prints if prints[s] != beta[s]] == ["dpo", "eval"]
+    estimator = fingerprints(load_config(None, ["eval.compare_methods=[grpo,rloo,dpo]", "ppo.estimator=rloo", "ppo.group_size=2"]))
+    assert [s for s in prints if prints[s] != estimator[s]] == ["ppo", "ppo_no_ptx", "eval"]

@@ -21,7 +21,8 @@ from stages.models.reward_model import (
     token_scores,
 )
 from stages.rm.evaluation import calibration_pairs, label_metrics, world_metrics
-from stages.rm.training import RankingCollator, RankingTrainer, score_on_all_ranks
+from stages.rm.training import RankingCollator, RankingTrainer
+from stages.runtime.hf_trainer import on_all_ranks
 from tiny_world import FAMILIES
 
 
@@ -100,7 +101,8 @@ def test_scoring_reaches_the_head_through_a_lora_wrapper(model, tokenizer):
 
 def test_scoring_on_all_ranks_keeps_the_order_in_one_process(model, tokenizer):
     texts = TEXTS * 3
-    assert score_on_all_ranks(model, tokenizer, texts, 64, batch_size=2) == pytest.approx(score_texts(model, tokenizer, texts, 64), abs=1e-5)
+    scored = on_all_ranks(texts, lambda share: score_texts(model, tokenizer, share, 64, batch_size=2))
+    assert scored == pytest.approx(score_texts(model, tokenizer, texts, 64), abs=1e-5)
 
 
 def test_label_metrics_count_ties_as_half_and_split_by_k():

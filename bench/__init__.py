@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 SUMMARY_ENV = "RLHF_BENCH_SUMMARY"  # set by `python -m bench`: the file that collects the headline figures
@@ -29,3 +31,10 @@ def best_of(repeats: int, fn) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return min(times)
+
+
+def in_fresh_processes(module: str, flag: str, names, *forwarded: str) -> None:
+    """`python -m <module> <flag> <name> <forwarded...>` for each name, each in a fresh process, so that its peak
+    memory and its warm-up are its own."""
+    for name in names:
+        subprocess.run([sys.executable, "-m", module, flag, name, *forwarded], check=True)

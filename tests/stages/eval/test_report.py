@@ -51,6 +51,28 @@ def test_report_has_the_tables_and_plots_of_a_finished_run(finished_run):
         height, width = matplotlib.image.imread(png).shape[:2]
         assert (width, height) == (FIGURE_SIZE[0] * DPI, FIGURE_SIZE[1] * DPI)
         assert matplotlib.image.imread(png)[..., :3].std() > 0.01  # something is drawn
+    assert "Methods from the same SFT policy" not in text and summary["methods"] == []  # nothing was compared
+
+
+def test_report_compares_the_methods_trained_from_the_same_sft_policy(finished_run):
+    policies = json.loads((finished_run.root / "eval" / "policies.json").read_text())
+    policies["ppo_grpo"] = {**policies["ppo"], "true_score": 0.6, "win_rate_vs_sft": 0.8, "win_rate_low": 0.7,
+                            "win_rate_high": 0.9, "kl_to_sft": 1.5, "lm_loss": 0.70}
+    policies["dpo"] = {**policies["ppo"], "true_score": 0.3, "win_rate_vs_sft": 0.55, "win_rate_low": 0.45,
+                       "win_rate_high": 0.65, "kl_to_sft": 0.4, "lm_loss": 0.66}
+    (finished_run.root / "eval" / "policies.json").write_text(json.dumps(policies))
+    finished_run.update_stage("ppo_grpo", status=DONE, started_at=255.0, finished_at=315.0)
+    finished_run.update_stage("dpo", status=DONE, started_at=315.0, finished_at=335.0)
+    text = build_report(finished_run.root).read_text()
+    summary = json.loads((finished_run.root / "eval" / "summary.json").read_text())
+    assert [m["method"] for m in summary["methods"]] == ["ppo", "ppo_grpo", "dpo"]
+    assert "## Methods from the same SFT policy" in text
+    assert ("| method | true_score | win_rate_vs_sft | win_rate_low | win_rate_high | rm_score | kl_to_sft | lm_loss_above_sft "
+            "| wall_time_s |") in text
+    assert "| ppo_grpo | 0.600 | 0.800 | 0.700 | 0.900 | 0.175 | 1.500 | 0.050 | 60.000 |" in text
+    assert "| dpo | 0.300 | 0.550 | 0.450 | 0.650 | 0.175 | 0.400 | 0.010 | 20.000 |" in text
+    png = finished_run.root / "eval" / summary["plots"]["methods"]
+    assert f"({png.name})" in text and matplotlib.image.imread(png)[..., :3].std() > 0.01
 
 
 def test_report_of_a_partial_run_leaves_out_what_it_lacks(tmp_path):

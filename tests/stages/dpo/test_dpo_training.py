@@ -81,3 +81,25 @@ def test_ptx_joins_the_dpo_step(ppo_models, tokenizer, tmp_path):
                                     data_collator=DPOCollator(tokenizer, 32), beta=0.1, loss="all_pairs", ptx_coef=coef)
         losses[coef] = trainer.compute_loss(model, batch).item()
     assert losses[2.0] - losses[0.0] == pytest.approx(2.0 * trainer._recorded["ptx_loss"][-1], rel=1e-5)
+
+
+def test_dpo_with_lora_trains_the_adapters_only(ppo_models, tokenizer, tmp_path):
+    from peft import get_peft_model
+
+    from common.config import LoraSection
+    from stages.models.loading import peft_config
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(ppo_models / "actor")
+    groups = ranked_groups(4)
+    reference = logprobs_of(base.eval(), tokenizer, [(g["prompt"], r) for g in groups for r in g["responses"]], 32, 8)
+    model = get_peft_model(base, peft_config(LoraSection(r=4, target_modules=["c_attn"])))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=10, learning_rate=1e-2,
+                             use_cpu=True, report_to=[], remove_unused_columns=False, logging_steps=1, save_strategy="no")
+    trainer = RankingDPOTrainer(model=model.train(), args=args, train_dataset=Dataset.from_list(with_reference(groups, reference)),
+                                data_collator=DPOCollator(tokenizer, 32), beta=0.5, loss="all_pairs", ptx_coef=0.0)
+    trainer.train()
+    logged = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    assert logged[-1] < logged[0] < math.log(2) + 1e-3  # the adapters start at B = 0: the policy is its reference
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)

@@ -185,6 +185,7 @@ def _worker(spec: DPOTrainingSpec, rank: int) -> None:
 
     from stages.models.loading import (
         disable_dropout,
+        inference_device,
         load_tokenizer,
         model_kwargs,
         peft_config,
@@ -193,10 +194,12 @@ def _worker(spec: DPOTrainingSpec, rank: int) -> None:
     config, section = spec.config, spec.config.dpo
     run_dir = RunDir(spec.run_dir)
 
-    # setup: the reference's log-probs, then the policy (dropout off, as TRL's DPO: the log-ratio is not noise)
+    # setup: the reference's log-probs, on the worker's device, before the training arguments exist (under ZeRO-3
+    # they make every later from_pretrained build a partitioned model); then the policy (dropout off, as TRL's
+    # DPO: the log-ratio is not noise)
     tokenizer = load_tokenizer(spec.tokenizer)
+    logprobs = reference_logprobs(spec, tokenizer, inference_device(config.ray.use_gpu))
     args = TrainingArguments(**training_arguments(section, config, run_dir, STAGE, rank), remove_unused_columns=False)
-    logprobs = reference_logprobs(spec, tokenizer, args.device)
     train = with_reference(spec.train_groups, logprobs)
     heldout = with_reference(spec.heldout_groups, logprobs[sum(len(g["responses"]) for g in spec.train_groups) :])
     if section.ptx_coef > 0:  # a group's pretraining documents are a function of its position: a resumed run reads the same

@@ -350,6 +350,7 @@ class RMSection(TrainSection):
 
 
 class DPOSection(TrainSection):
+    lr: float = Field(1e-6, gt=0.0, description="Peak learning rate (TRL's DPO: 1e-6; the tiny model takes 1e-4).")
     model: str | None = Field(None, description="Policy to train (causal LM dir); null: DIR/sft/model.")
     reference: str | None = Field(None, description="Frozen reference of the implicit reward; null: the policy's starting weights.")
     beta: float = Field(0.1, gt=0.0, description="beta of s = beta x (log pi - log pi_ref) (DPO and TRL: 0.1).")

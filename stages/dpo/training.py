@@ -138,8 +138,9 @@ def reference_logprobs(spec: DPOTrainingSpec, tokenizer, device: torch.device) -
     pairs = [(g["prompt"], r) for g in spec.train_groups + spec.heldout_groups for r in g["responses"]]
     key = hashlib.sha256(json.dumps([spec.reference_model, section.max_length, config.deepspeed.precision, pairs]).encode()).hexdigest()
     cache = RunDir(spec.run_dir).stage_dir(STAGE) / REFERENCE_FILE
-    if cache.exists() and json.loads(cache.read_text())["key"] == key:
-        return json.loads(cache.read_text())["logprobs"]
+    cached = json.loads(cache.read_text()) if cache.exists() else {}
+    if cached.get("key") == key:
+        return cached["logprobs"]
     dtype = PRECISION_DTYPES.get(config.deepspeed.precision, torch.float32)
     model = AutoModelForCausalLM.from_pretrained(spec.reference_model, dtype=dtype, **model_kwargs(config.model, config.deepspeed.precision))
     model.to(device).eval()

@@ -25,6 +25,14 @@ def candidate_records(n: int, k: int = 4) -> list[dict]:
 
 
 @pytest.fixture
+def db_url(tmp_path) -> str:
+    """A fresh, empty ranking database's URL: a SQLite file (the store's tests run on PostgreSQL too)."""
+    from labeling_ui.store import sqlite_url
+
+    return sqlite_url(tmp_path / "labels.db")
+
+
+@pytest.fixture
 def run_dir(tmp_path):
     """A run directory with 30 prompts of 4 candidates, each to be ranked by two annotators (overlap
     1.0), two annotators and an admin."""

@@ -10,8 +10,8 @@ from stages.data.rankings import load_rankings
 
 
 @pytest.fixture
-def ranked_store(tmp_path):
-    store = LabelStore(sqlite_url(tmp_path / "labels.db"), overlap_fraction=1.0)
+def ranked_store(db_url):
+    store = LabelStore(db_url, overlap_fraction=1.0)
     store.import_records([{"prompt_id": f"p{i}", "prompt": f"Q: {i}?\nA: ",
                            "candidates": [{"id": f"c{j + 1}", "text": f"answer {j}", "policy": "sft"} for j in range(4)]}
                           for i in range(3)])

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from labeling_ui.store import LabelingError, LabelStore, sqlite_url
+from labeling_ui.store import LabelingError, LabelStore
 
 from .conftest import run_concurrently
 
@@ -17,8 +17,8 @@ def records(n, k=4):
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = LabelStore(sqlite_url(tmp_path / "labels.db"), overlap_fraction=0.0)
+def store(db_url):
+    store = LabelStore(db_url, overlap_fraction=0.0)
     store.import_records(records(6))
     return store
 
@@ -66,8 +66,8 @@ def test_a_reservation_is_resumed_and_a_prompt_never_comes_twice(store):
     assert store.progress(ann) == {"submitted": 6, "skipped": 0, "reserved": 0, "remaining": 0}
 
 
-def test_overlap_prompts_go_to_two_annotators_and_others_to_one(tmp_path):
-    store = LabelStore(sqlite_url(tmp_path / "labels.db"), overlap_fraction=1.0)
+def test_overlap_prompts_go_to_two_annotators_and_others_to_one(db_url):
+    store = LabelStore(db_url, overlap_fraction=1.0)
     store.import_records(records(3))
     ann, bob, cid = (store.add_user(n, "annotator", "password1") for n in ("ann", "bob", "cid"))
     for user in (ann, bob):
@@ -135,8 +135,8 @@ def test_a_skip_needs_a_reason_and_frees_the_annotator(store):
     assert store.progress(ann)["skipped"] == 1
 
 
-def test_an_expired_reservation_goes_back_to_the_pool(tmp_path):
-    store = LabelStore(sqlite_url(tmp_path / "labels.db"), overlap_fraction=0.0, ttl_minutes=0.5 / 60)
+def test_an_expired_reservation_goes_back_to_the_pool(db_url):
+    store = LabelStore(db_url, overlap_fraction=0.0, ttl_minutes=0.5 / 60)
     store.import_records(records(1))
     ann, bob = store.add_user("ann", "annotator", "password1"), store.add_user("bob", "annotator", "password1")
     task = store.next_task(ann)
@@ -145,8 +145,8 @@ def test_an_expired_reservation_goes_back_to_the_pool(tmp_path):
     assert store.next_task(bob).prompt == task.prompt  # ann went idle: no starvation
 
 
-def test_gold_items_come_every_nth_task_and_are_not_exported(tmp_path):
-    store = LabelStore(sqlite_url(tmp_path / "labels.db"), overlap_fraction=0.0, gold_every=3)
+def test_gold_items_come_every_nth_task_and_are_not_exported(db_url):
+    store = LabelStore(db_url, overlap_fraction=0.0, gold_every=3)
     gold = {**records(1)[0], "prompt_id": "gold-1", "prompt": "gold prompt", "gold": [["c1"], ["c2"], ["c3"], ["c4"]]}
     store.import_records(records(5) + [gold])
     ann = store.add_user("ann", "annotator", "password1")
@@ -158,8 +158,8 @@ def test_gold_items_come_every_nth_task_and_are_not_exported(tmp_path):
     assert len(store.rankings()) == 5 and len(store.rankings(include_gold=True)) == 6
 
 
-def test_twenty_concurrent_annotators_store_exactly_their_rankings(tmp_path):
-    store = LabelStore(sqlite_url(tmp_path / "labels.db"), overlap_fraction=0.0)
+def test_twenty_concurrent_annotators_store_exactly_their_rankings(db_url):
+    store = LabelStore(db_url, overlap_fraction=0.0)
     store.import_records(records(200))
     users = [store.add_user(f"a{i}", "annotator", "password1") for i in range(20)]
     def work(user):
@@ -173,8 +173,8 @@ def test_twenty_concurrent_annotators_store_exactly_their_rankings(tmp_path):
     assert len(stored) == 200 and len({r["prompt_id"] for r in stored}) == 200
 
 
-def test_a_batch_is_served_and_exported_apart_from_another(tmp_path):
-    url = sqlite_url(tmp_path / "labels.db")
+def test_a_batch_is_served_and_exported_apart_from_another(db_url):
+    url = db_url
     first, second = LabelStore(url, batch="one", overlap_fraction=0.0), LabelStore(url, batch="two", overlap_fraction=0.0)
     first.import_records(records(2))
     second.import_records(records(3))  # the same prompt ids: a new sample of candidates
@@ -185,14 +185,14 @@ def test_a_batch_is_served_and_exported_apart_from_another(tmp_path):
     assert first.next_task(ann) is not None  # batch one's prompts are still open
 
 
-def test_a_changed_overlap_fraction_applies_to_prompts_imported_under_the_old_one(tmp_path, store):
+def test_a_changed_overlap_fraction_applies_to_prompts_imported_under_the_old_one(db_url, store):
     # before, the overlap flag was fixed when the sample stage imported the candidates, so a changed
     # labeling.overlap_fraction was silently ignored
     ada, bob = store.add_user("ada", "annotator", "password-a"), store.add_user("bob", "annotator", "password-b")
     first = store.next_task(ada)
     store.submit(ada, first.assignment_id, **full_submission(first), idempotency_key="a1")
     assert store.next_task(bob).prompt != first.prompt  # no overlap: every prompt once
-    wider = LabelStore(sqlite_url(tmp_path / "labels.db"), overlap_fraction=1.0)
+    wider = LabelStore(db_url, overlap_fraction=1.0)
     assert wider.apply_overlap_fraction() == 6 and wider.apply_overlap_fraction() == 0
     assert [e.payload for e in wider.events() if e.type == "overlap"] == [{"overlap_fraction": 1.0, "prompts_changed": 6}]
     assert wider.coverage()["prompts"] == 6

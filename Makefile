@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   the whole pipeline on the embedded tiny world (runs/tiny)
-#   make test   the test suite (installs Debian's chromium for the browser tests)
+#   make test   the test suite (installs Debian's chromium for the browser tests and Debian's PostgreSQL,
+#               whose server the store's tests start on a port of their own)
 # On a GPU machine, install the CUDA build of torch that matches your driver first, then
 # `make setup TORCH= EXTRAS=dev,vllm`, which keeps it (an empty TORCH skips the torch install) and takes
 # vLLM's GPU build; `make gpu-check` then runs every stage on the GPU(s) in a few minutes.
@@ -18,7 +19,7 @@ RUN_DIR ?= runs/tiny
 # the browser tests drive Debian's chromium through Playwright (not a browser Playwright downloads)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser demo test gpu-check clean
+.PHONY: setup browser postgresql demo test gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -44,7 +45,12 @@ browser:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null)
 
-test: setup browser
+# the server programs: the tests start a server of their own, on a free loopback port
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null)
+
+test: setup browser postgresql
 	$(PY) -m pytest -q
 
 # every stage on this machine's GPU(s): skipped, and reported as skipped, where CUDA is absent

@@ -1,11 +1,11 @@
 """The ranking app under load: 20 annotators at once, each logged in over HTTP (Gradio's REST API)
-against a real `rlhf label serve` process on a real SQLite database, taking its next task and
+against a real `rlhf label serve` process on a real database (SQLite, then PostgreSQL), taking its next task and
 submitting a ranking. Prints the submit latency (p50, p95; goal p95 under 200 ms) with annotators
 who pause about a second between rankings (a person takes far longer), the same with no pauses at
 all, the rankings per second the server sustains then, and the same work straight on the store (no
 HTTP, 20 threads), the database's own ceiling.
 
-    python -m bench.label_store [--annotators 20] [--per-annotator 20] [--think 1.0] [--k 4]
+    python -m bench.label_store [--annotators 20] [--per-annotator 20] [--think 1.0] [--k 4] [--database both]
 """
 
 from __future__ import annotations
@@ -118,18 +118,16 @@ def on_the_store(store, users: dict[str, str], per_annotator: int) -> float:
     return run_threads(list(users), work)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--annotators", type=int, default=20)
-    parser.add_argument("--per-annotator", type=int, default=20)
-    parser.add_argument("--think", type=float, default=1.0, help="mean seconds an annotator pauses between rankings")
-    parser.add_argument("--k", type=int, default=4)
-    args = parser.parse_args()
+def run_on(database: str, url: str | None, args) -> None:
+    """The benchmark on one database (`url`; None: the run's SQLite file), its figures printed and recorded."""
+    from common.config import dump_config, load_config
     from labeling_ui.cli import run_store
 
     total = args.annotators * args.per_annotator
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
+        run_dir.mkdir()
+        (run_dir / "config.yaml").write_text(dump_config(load_config(None, [f"labeling.database={url}"] if url else [])))
         store, _ = run_store(str(run_dir))
         store.import_records(records(3 * total, args.k))
         names = [f"annotator{i}" for i in range(args.annotators)]
@@ -138,17 +136,40 @@ def main() -> None:
         flat_out, seconds = over_http(run_dir, names, args.per_annotator, 0.0)
         store_seconds = on_the_store(store, users, args.per_annotator)
         assert len(store.rankings()) == 3 * total  # every acknowledged ranking is stored, once
+        store.engine.dispose()
     p50, p95 = 1000 * percentile(paced, 50), 1000 * percentile(paced, 95)
-    print(f"workload: {args.annotators} annotators x {args.per_annotator} rankings of K = {args.k}, SQLite (WAL, synchronous=FULL)")
+    durability = {"sqlite": "SQLite (WAL, synchronous=FULL)", "postgresql": "PostgreSQL (fsync on, read committed)"}[database]
+    print(f"workload: {args.annotators} annotators x {args.per_annotator} rankings of K = {args.k}, {durability}")
     print(f"submit latency, {args.think:.1f} s pauses   p50 {p50:6.1f} ms   p95 {p95:6.1f} ms   (goal: p95 < 200 ms)")
     print(f"submit latency, no pauses    p50 {1000 * percentile(flat_out, 50):6.1f} ms   p95 {1000 * percentile(flat_out, 95):6.1f} ms"
           "   (saturated: every annotator at once, all the time)")
     print(f"rankings per second, HTTP    {total / seconds:6.1f}   (saturated; next task + submit per ranking)")
     print(f"rankings per second, store   {total / store_seconds:6.1f}   (the same work without HTTP)")
-    record("label_store", f"submit latency p50, {args.annotators} annotators", p50, "ms")
-    record("label_store", f"submit latency p95, {args.annotators} annotators", p95, "ms", "< 200")
-    record("label_store", "rankings per second over HTTP (saturated)", total / seconds, "rankings/s")
-    record("label_store", "rankings per second on the store", total / store_seconds, "rankings/s")
+    record("label_store", f"{database}: submit latency p50, {args.annotators} annotators", p50, "ms")
+    record("label_store", f"{database}: submit latency p95, {args.annotators} annotators", p95, "ms", "< 200")
+    record("label_store", f"{database}: rankings per second over HTTP (saturated)", total / seconds, "rankings/s")
+    record("label_store", f"{database}: rankings per second on the store", total / store_seconds, "rankings/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--annotators", type=int, default=20)
+    parser.add_argument("--per-annotator", type=int, default=20)
+    parser.add_argument("--think", type=float, default=1.0, help="mean seconds an annotator pauses between rankings")
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both",
+                        help="postgresql starts a server of its own (Debian's PostgreSQL, as make test installs it)")
+    args = parser.parse_args()
+    if args.database in ("sqlite", "both"):
+        run_on("sqlite", None, args)
+    if args.database in ("postgresql", "both"):
+        from labeling_ui.testing import PostgresServer
+
+        server = PostgresServer().start()
+        try:
+            run_on("postgresql", server.create_database(), args)
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -318,6 +318,27 @@ class LabelingSection(Section):
         0.1, ge=0.0, le=1.0, description="Prompts ranked by two annotators, for the agreement figures."
     )
     gold_every: int = Field(0, ge=0, description="Every n-th task of an annotator is a gold item (0: none).")
+    qualification_items: int = Field(
+        0, ge=0, description="Gold items a new annotator ranks before any real work (0: no qualification, everyone starts)."
+    )
+    qualification_threshold: float = Field(
+        0.75, ge=0.0, le=1.0, description="Pairwise agreement with the gold tiers that passes the qualification (InstructGPT's "
+        "soft cutoff: 0.75); below it the annotator gets no real work until an admin re-admits them."
+    )
+    gold_window: int = Field(20, ge=1, description="Gold accuracy is measured over an annotator's latest this many gold items.")
+    gold_alert: float = Field(0.7, ge=0.0, le=1.0, description="Gold accuracy below which an annotator is flagged (spec: 0.7).")
+    too_fast_seconds: float = Field(
+        3.0, ge=0.0, description="Seconds per candidate: a ranking of K candidates submitted in under K x this is flagged too "
+        "fast (reading, rating and ranking grow with K; 0: never flagged)."
+    )
+    review_tau: float = Field(
+        0.3, ge=-1.0, le=1.0, description="Two rankings of one prompt whose Kendall tau-b is below this go to the reviewers' "
+        "queue, both of them (tau-b runs from -1, reversed, to 1, identical)."
+    )
+    review_gold_below: float = Field(
+        0.75, ge=0.0, le=1.0, description="A gold ranking whose pairwise agreement with the gold tiers is below this goes to "
+        "the reviewers' queue (as does one that orders no pair the gold tiers order)."
+    )
     reservation_minutes: float = Field(30.0, gt=0.0, description="How long a task stays reserved for an idle annotator.")
     guideline_version: str = Field("v1", description="Recorded with every ranking and export.")
     select: Literal["random", "diverse"] = Field(

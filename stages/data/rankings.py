@@ -18,6 +18,12 @@ save_to_disk. The format is detected per record:
 Pairwise records become K = 2 groups, chosen first: tiers ((0,), (1,)). Their optional `margin` is
 ignored for now. Conversations are rendered with the tokenizer's chat template, as for SFT.
 
+Ties: a record with no strict pair (a pairwise record whose chosen equals its rejected once the prompt
+is taken off, or a K-way ranking with a single tier, all candidates tied) says nothing the loss can
+use. It is dropped and counted (LoadedRankings.ties_dropped, which the reward and DPO stages report),
+as the K-way loss drops tied pairs; real preference files carry such records, and one of them is no
+reason to refuse the file. A file whose every record is a tie is refused: there is nothing to train on.
+
 Multi-annotator policy (labeling spec §6.3 (a)): each annotator's ranking stays its own group, with
 group_id = prompt_id + ":" + annotator_id. A pairwise record may carry its own `group_id`; a record
 with no prompt_id gets one from a hash of its rendered prompt text.
@@ -51,6 +57,14 @@ class RankingGroup:
     tiers: tuple[tuple[int, ...], ...]  # indices into responses, best tier first; a tier holds tied candidates
     group_id: str  # prompt id (+ annotator id when known): keeps a prompt's pairs in one batch element
     annotator_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedRankings:
+    """What a rankings file holds: its informative records, and how many records were ties (no strict pair)."""
+
+    groups: list[RankingGroup]
+    ties_dropped: int
 
 
 # ---- reading files ----------------------------------------------------------------------------
@@ -143,8 +157,6 @@ def _k_way(record: dict, where: str, tokenizer) -> tuple[str, tuple[str, ...], t
                 twice = "twice in one tier" if tier_of[candidate_id] == number else "in two tiers"
                 raise InputError(f"{where}: candidate {candidate_id} appears {twice}; rank each candidate exactly once")
             tier_of[candidate_id] = number
-    if len(ranking) < 2:
-        raise InputError(f"{where}: ranking has a single tier (all tied), so no strict pair; rank in two tiers or more")
 
     kept = [candidate_id for candidate_id in texts if candidate_id in tier_of]
     position = {candidate_id: index for index, candidate_id in enumerate(kept)}
@@ -206,13 +218,16 @@ def _pairwise(record: dict, where: str, tokenizer) -> tuple[str, tuple[str, str]
     return chosen[:cut], (chosen[cut:], rejected[cut:])
 
 
-def _ranking_group(record: dict, where: str, tokenizer) -> RankingGroup:
+def _ranking_group(record: dict, where: str, tokenizer) -> RankingGroup | None:
+    """The record as a RankingGroup, or None for a tie (no strict pair: one tier, or chosen = rejected)."""
     if record.get("candidates") is not None or record.get("ranking") is not None:
         prompt, responses, tiers = _k_way(record, where, tokenizer)
+        if len(tiers) < 2:
+            return None
     else:
         prompt, responses = _pairwise(record, where, tokenizer)
         if responses[0] == responses[1]:
-            raise InputError(f"{where}: 'chosen' and 'rejected' are identical, so the record has no strict pair")
+            return None
         tiers = ((0,), (1,))
     annotator_id = None if record.get("annotator_id") in (None, "") else str(record["annotator_id"])
     return RankingGroup(prompt, responses, tiers, _group_id(record, prompt, annotator_id), annotator_id)
@@ -221,15 +236,22 @@ def _ranking_group(record: dict, where: str, tokenizer) -> RankingGroup:
 # ---- public API ---------------------------------------------------------------------------------
 
 
-def load_rankings(path: str, tokenizer=None, key: str = "data.rankings", split: str | None = None) -> list[RankingGroup]:
+def load_rankings(path: str, tokenizer=None, key: str = "data.rankings", split: str | None = None) -> LoadedRankings:
     """Every record of a local file or save_to_disk directory (`split` of a DatasetDict, default
-    train) as a RankingGroup. `tokenizer` (with a chat template) is needed only for conversational
-    records. Bad records raise InputError naming the file and the line (JSONL) or record index."""
+    train) as a RankingGroup, ties dropped and counted. `tokenizer` (with a chat template) is needed
+    only for conversational records. Bad records raise InputError naming the file and the line (JSONL)
+    or record index; so does a file with no record, or with ties only."""
     path = Path(path)
-    groups = [_ranking_group(record, where, tokenizer) for where, record in _records(path, key, split)]
-    if not groups:
+    read = [_ranking_group(record, where, tokenizer) for where, record in _records(path, key, split)]
+    if not read:
         raise InputError(f"{path}: no records")
-    return groups
+    groups = [group for group in read if group is not None]
+    if not groups:
+        raise InputError(
+            f"{path}: all {len(read)} records are ties (chosen equals rejected, or a ranking with a single tier), "
+            "so there is no strict pair to learn from"
+        )
+    return LoadedRankings(groups, ties_dropped=len(read) - len(groups))
 
 
 def split_by_prompt(

@@ -6,7 +6,8 @@ pairs (dpo.loss all_pairs, ties dropped) or the Plackett-Luce likelihood of its 
 ties by Breslow's rule); with dpo.ptx_coef > 0 a pretraining LM loss joins the same step.
 
 Reads:  DIR/sft/model (or dpo.model; dpo.reference, else the same weights, as the reference); data.rankings
-        or DIR/label/rankings.jsonl, split by prompt as the reward stage splits it (rm.heldout_fraction);
+        or DIR/label/rankings.jsonl (tie records dropped and counted, dpo/ties_dropped), split by prompt as
+        the reward stage splits it (rm.heldout_fraction);
         pretraining text with dpo.ptx_coef > 0.
 Writes: DIR/dpo/model (HF causal LM; with dpo.lora merged), DIR/dpo/checkpoints, metrics.jsonl,
         tensorboard/, reference_logprobs.json (the reference's log-probs, computed once), heldout.json.
@@ -40,7 +41,10 @@ def dpo(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResul
     tokenizer = load_tokenizer(tokenizer_dir)
     # 2. the rankings, on the reward model's side of the split
     path, split = rankings_path(config, run_dir)
-    train, heldout = split_by_prompt(load_rankings(str(path), tokenizer, split=split), config.rm.heldout_fraction, config.run.seed)
+    rankings = load_rankings(str(path), tokenizer, split=split)
+    if rankings.ties_dropped:
+        print(f"[{STAGE}] {path}: dropped {rankings.ties_dropped} tie records (no strict pair)", flush=True)
+    train, heldout = split_by_prompt(rankings.groups, config.rm.heldout_fraction, config.run.seed)
     if not train:
         raise InputError(f"{path}: no ranking left to train DPO on after holding out rm.heldout_fraction of the prompts")
     pretraining = pretraining_text(config.data.pretrain, config.world)["text"] if section.ptx_coef > 0 else []
@@ -54,6 +58,6 @@ def dpo(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResul
     train_dpo(DPOTrainingSpec(config=config, run_dir=str(run_dir.root), init_model=str(init), reference_model=str(reference),
                               tokenizer=str(tokenizer_dir), train_groups=records(train), heldout_groups=records(heldout),
                               pretraining=pretraining))
-    metrics = {"dpo/train_rankings": len(train), "dpo/heldout_rankings": len(heldout)}
+    metrics = {"dpo/train_rankings": len(train), "dpo/heldout_rankings": len(heldout), "dpo/ties_dropped": rankings.ties_dropped}
     metrics.update(json.loads((run_dir.stage_dir(STAGE) / HELDOUT_FILE).read_text()))
     return StageResult(outputs={"model": f"{STAGE}/model"}, metrics=metrics)

@@ -2,7 +2,8 @@
 App. C.2): all C(K,2) strict pairs of one prompt in one batch element, ties dropped, one epoch.
 
 Reads:  DIR/sft/model (or rm.model) to initialise from; data.rankings (a K-way labeling export or
-        pairwise records) or DIR/label/rankings.jsonl; data.sft or the tiny world's demonstrations
+        pairwise records; records with no strict pair are dropped and counted, rm/ties_dropped) or
+        DIR/label/rankings.jsonl; data.sft or the tiny world's demonstrations
         for the normalisation.
 Writes: DIR/rm/model (AutoModelForSequenceClassification, num_labels=1, `reward_bias` in config.json;
         with rm.lora also DIR/rm/adapter), DIR/rm/checkpoints, metrics.jsonl, tensorboard/, and the
@@ -48,7 +49,10 @@ def rm(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult
     eos = tokenizer.eos_token
     # 2. comparisons split by prompt, and demonstrations for the normalisation
     path, split = rankings_path(config, run_dir)
-    train, heldout = split_by_prompt(load_rankings(str(path), tokenizer, split=split), config.rm.heldout_fraction, config.run.seed)
+    rankings = load_rankings(str(path), tokenizer, split=split)
+    if rankings.ties_dropped:
+        print(f"[{STAGE}] {path}: dropped {rankings.ties_dropped} tie records (no strict pair)", flush=True)
+    train, heldout = split_by_prompt(rankings.groups, config.rm.heldout_fraction, config.run.seed)
     demos = sft_dataset(config.data, config.world, tokenizer, config.run.seed)
     demos = demos.select(range(min(config.rm.normalise_on, len(demos))))
     # 3. train on the Ray workers; they save DIR/rm/model with the bias and score the held-out candidates
@@ -71,7 +75,8 @@ def rm(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult
         start += len(group.responses)
     # a prompt ranked by two annotators is two rankings (groups) of one prompt
     metrics = {"rm/train_prompts": len({g.prompt for g in train}), "rm/heldout_prompts": len({g.prompt for g in heldout}),
-               "rm/train_rankings": len(train), "rm/heldout_rankings": len(heldout), "rm/bias": scored["bias"]}
+               "rm/train_rankings": len(train), "rm/heldout_rankings": len(heldout), "rm/ties_dropped": rankings.ties_dropped,
+               "rm/bias": scored["bias"]}
     if heldout:
         metrics.update(label_metrics(heldout, scores, config.rm.margin))
         bins = calibration_bins(*calibration_pairs(heldout, scores))

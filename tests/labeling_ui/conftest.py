@@ -24,29 +24,58 @@ def candidate_records(n: int, k: int = 4) -> list[dict]:
             for i in range(n)]
 
 
-@pytest.fixture
-def db_url(tmp_path) -> str:
-    """A fresh, empty ranking database's URL: a SQLite file (the store's tests run on PostgreSQL too)."""
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server for the whole session (a database of its own per test)."""
+    from labeling_ui.testing import PostgresServer, postgres_bindir
+
+    if postgres_bindir() is None:
+        pytest.fail("PostgreSQL is not installed (make test installs it: apt-get install postgresql)")
+    server = PostgresServer(durable=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A fresh, empty ranking database's URL, once a SQLite file and once a PostgreSQL database."""
     from labeling_ui.store import sqlite_url
 
-    return sqlite_url(tmp_path / "labels.db")
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "labels.db")
+        return
+    server = request.getfixturevalue("postgres")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
 
 
-@pytest.fixture
-def run_dir(tmp_path):
+def make_run_dir(root, database: str | None = None):
     """A run directory with 30 prompts of 4 candidates, each to be ranked by two annotators (overlap
-    1.0), two annotators and an admin."""
+    1.0), two annotators and an admin; its ranking database at `database` (a URL), else SQLite."""
     from common.config import dump_config, load_config
     from labeling_ui.cli import run_store
 
-    run = tmp_path / "run"
+    run = root / "run"
     run.mkdir()
-    (run / "config.yaml").write_text(dump_config(load_config(None, ["labeling.overlap_fraction=1.0"])))
+    overrides = ["labeling.overlap_fraction=1.0"] + ([f"labeling.database={database}"] if database else [])
+    (run / "config.yaml").write_text(dump_config(load_config(None, overrides)))
     store, _ = run_store(str(run))
     store.import_records(candidate_records(30))
     for name, role in (("ann", "annotator"), ("bob", "annotator"), ("boss", "admin")):
         store.add_user(name, role, PASSWORD)
     return run
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_run_dir(tmp_path)
+
+
+@pytest.fixture
+def run_dir_each_database(db_url, tmp_path):
+    """The run directory of `run_dir`, once on SQLite and once on PostgreSQL."""
+    return make_run_dir(tmp_path, None if db_url.startswith("sqlite") else db_url)
 
 
 @pytest.fixture

@@ -107,7 +107,8 @@ def test_a_second_annotator_sees_no_draft_of_the_first_and_cannot_act_as_admin(s
     expect(boss.locator("#admin-summary")).to_contain_text("Coverage", timeout=20000)
 
 
-def test_twenty_concurrent_annotators_submit_two_hundred_rankings(run_dir):
+def test_twenty_concurrent_annotators_submit_two_hundred_rankings(run_dir_each_database):
+    run_dir = run_dir_each_database
     store, _ = run_store(str(run_dir))
     store.import_records([{**r, "prompt_id": f"q{r['prompt_id']}"} for r in candidate_records(200)])
     names = [f"worker{i}" for i in range(20)]
@@ -134,7 +135,8 @@ def test_twenty_concurrent_annotators_submit_two_hundred_rankings(run_dir):
     assert len({(r["prompt_id"], r["annotator_id"]) for r in stored}) == 200
 
 
-def test_a_server_killed_mid_work_loses_no_acknowledged_submission_and_drafts_come_back(run_dir, browser):
+def test_a_server_killed_mid_work_loses_no_acknowledged_submission_and_drafts_come_back(run_dir_each_database, browser):
+    run_dir = run_dir_each_database
     server = ServerProcess(run_dir).start()
     try:
         page = log_in(browser, server.url, "ann")

@@ -29,13 +29,13 @@ def test_a_snapshot_has_both_formats_a_manifest_and_is_read_by_the_reward_stage(
     assert manifest["counts"] == {"rankings": 6, "prompts": 3, "annotators": 2, "pairs": 33}
     # on every prompt the two agree on 4 of the 5 pairs both order (they differ on c1 vs c2)
     assert manifest["agreement"]["pairwise_agreement"] == pytest.approx(4 / 5) and manifest["agreement"]["overlap_prompts"] == 3
-    groups = load_rankings(str(snapshot / "rankings.jsonl"), tokenizer)
+    groups = load_rankings(str(snapshot / "rankings.jsonl"), tokenizer).groups
     assert len(groups) == 6 and {g.group_id for g in groups} == {f"p{i}:{n}" for i in range(3) for n in ("ann", "bob")}
     ann = next(g for g in groups if g.group_id == "p0:ann")
     assert [[ann.responses[i] for i in tier] for tier in ann.tiers] == [["answer 0"], ["answer 1", "answer 2"], ["answer 3"]]
     pairs = [json.loads(line) for line in (snapshot / "pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == 33 and {"prompt", "chosen", "rejected", "group_id"} <= set(pairs[0])
-    pair_groups = load_rankings(str(snapshot / "pairs.jsonl"), tokenizer)
+    pair_groups = load_rankings(str(snapshot / "pairs.jsonl"), tokenizer).groups
     assert len(pair_groups) == 33 and {g.group_id for g in pair_groups} == {g.group_id for g in groups}
 
 

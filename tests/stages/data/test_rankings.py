@@ -57,7 +57,7 @@ def test_k_way_export_keeps_ties_and_drops_unranked(tmp_path):
         "candidates": [{"id": f"c{i}", "text": f"answer {i}"} for i in range(9)],
         "ranking": [[f"c{i}"] for i in reversed(range(9))],  # K = 9, no cap
     }
-    groups = load_rankings(str(write_jsonl(tmp_path / "rankings.jsonl", [K_WAY, nine])))
+    groups = load_rankings(str(write_jsonl(tmp_path / "rankings.jsonl", [K_WAY, nine]))).groups
     assert groups[0] == RankingGroup(
         prompt="Q: Add 1 and 2.\nA: ",
         responses=("4.", "3.", "3", "three"),  # candidate order, c5 dropped
@@ -73,7 +73,7 @@ def test_k_way_export_keeps_ties_and_drops_unranked(tmp_path):
 
 def test_k_way_with_a_conversational_prompt_renders_each_candidate(tmp_path, tokenizer):
     record = {**K_WAY, "prompt": [user("Add 1 and 2.")], "ranking": [["c2"], ["c1"]]}
-    (group,) = load_rankings(str(write_jsonl(tmp_path / "r.jsonl", [record])), tokenizer)
+    (group,) = load_rankings(str(write_jsonl(tmp_path / "r.jsonl", [record])), tokenizer).groups
     assert group.prompt == "Q: Add 1 and 2.\nA: "
     assert group.responses == ("4.<eos>", "3.<eos>") and group.tiers == ((1,), (0,))
 
@@ -84,7 +84,7 @@ def test_pairwise_explicit_prompt_plain_strings(tmp_path):
         {"prompt": "Q: Add 1 and 2.\nA: ", "chosen": "3", "rejected": "5", "prompt_id": "p1", "annotator_id": "a2"},
         {"prompt": "Q: Add 2 and 2.\nA: ", "chosen": "4.", "rejected": "5.", "group_id": "p9:a1"},
     ]
-    groups = load_rankings(str(write_jsonl(tmp_path / "pairs.jsonl", records)))
+    groups = load_rankings(str(write_jsonl(tmp_path / "pairs.jsonl", records))).groups
     assert [(g.prompt, g.responses, g.tiers) for g in groups] == [
         ("Q: Add 1 and 2.\nA: ", ("3.", "4."), ((0,), (1,))),  # margin ignored
         ("Q: Add 1 and 2.\nA: ", ("3", "5"), ((0,), (1,))),
@@ -106,7 +106,7 @@ def test_pairwise_conversational_uses_the_chat_template(tmp_path, tokenizer):
             "rejected": [user("Hi"), assistant("Hello."), user("Add 1 and 2."), assistant("12.")],
         },
     ]
-    explicit, implicit = load_rankings(str(write_jsonl(tmp_path / "conv.jsonl", records)), tokenizer)
+    explicit, implicit = load_rankings(str(write_jsonl(tmp_path / "conv.jsonl", records)), tokenizer).groups
     assert explicit.prompt == "Q: Add 1 and 2.\nA: "
     assert explicit.responses == ("3.<eos>", "4.<eos>") and explicit.tiers == ((0,), (1,))
     assert implicit.prompt == "Q: Hi\nA: Hello.<eos>\nQ: Add 1 and 2.\nA: "
@@ -118,7 +118,7 @@ def test_implicit_prompt_plain_strings_split_at_a_word_boundary(tmp_path):
         {"chosen": "Q: Add 1 and 2.\nA: 3.", "rejected": "Q: Add 1 and 2.\nA: 4."},
         {"chosen": "The cat sat.", "rejected": "The cow sat."},  # common prefix "The c", cut back to "The "
     ]
-    groups = load_rankings(str(write_jsonl(tmp_path / "implicit.jsonl", records)))
+    groups = load_rankings(str(write_jsonl(tmp_path / "implicit.jsonl", records))).groups
     assert [(g.prompt, g.responses) for g in groups] == [
         ("Q: Add 1 and 2.\nA: ", ("3.", "4.")),
         ("The ", ("cat sat.", "cow sat.")),
@@ -128,7 +128,7 @@ def test_implicit_prompt_plain_strings_split_at_a_word_boundary(tmp_path):
 def test_anthropic_hh_transcripts_with_two_turns(tmp_path):
     context = "\n\nHuman: Hi\n\nAssistant: Hello, how can I help?\n\nHuman: Add 1 and 2.\n\nAssistant:"
     records = [{"chosen": context + " It is 3.", "rejected": context + " It is 4."}]
-    (group,) = load_rankings(str(write_jsonl(tmp_path / "hh.jsonl", records)))
+    (group,) = load_rankings(str(write_jsonl(tmp_path / "hh.jsonl", records))).groups
     # the prompt runs through the last "\n\nAssistant:"; prompt + response is the whole transcript
     assert group.prompt == context
     assert group.responses == (" It is 3.", " It is 4.") and group.tiers == ((0,), (1,))
@@ -137,7 +137,7 @@ def test_anthropic_hh_transcripts_with_two_turns(tmp_path):
 def test_parquet_json_and_saved_dataset(tmp_path):
     pairs = [{"prompt": "Q: Add 1 and 2.\nA: ", "chosen": "3.", "rejected": "4."}]
     Dataset.from_list(pairs).to_parquet(str(tmp_path / "pairs.parquet"))
-    assert load_rankings(str(tmp_path / "pairs.parquet"))[0].responses == ("3.", "4.")
+    assert load_rankings(str(tmp_path / "pairs.parquet")).groups[0].responses == ("3.", "4.")
 
     # Arrow fills absent struct fields (policy) with None, and the ranking's lists survive
     other = {"prompt_id": "p3", "prompt": "Q: x\nA: ", "candidates": [{"id": "c1", "text": "a"}, {"id": "c2", "text": "b"}]}
@@ -147,12 +147,12 @@ def test_parquet_json_and_saved_dataset(tmp_path):
     with pytest.raises(InputError, match=r"saved record 1: ranking tier 1 must be a non-empty list"):
         load_rankings(str(tmp_path / "saved"))
     Dataset.from_list([K_WAY | {"flags": None, "likert": None}]).save_to_disk(str(tmp_path / "saved_ok"))
-    (group,) = load_rankings(str(tmp_path / "saved_ok"))
+    (group,) = load_rankings(str(tmp_path / "saved_ok")).groups
     assert group.tiers == ((1,), (2, 3), (0,)) and group.responses == ("4.", "3.", "3", "three")
 
     # a JSON array may mix formats: it is read record by record, not through one Arrow schema
     (tmp_path / "mixed.json").write_text(json.dumps([K_WAY, pairs[0]]))
-    assert [len(g.responses) for g in load_rankings(str(tmp_path / "mixed.json"))] == [4, 2]
+    assert [len(g.responses) for g in load_rankings(str(tmp_path / "mixed.json")).groups] == [4, 2]
 
 
 PAIR = {"prompt": "Q: Add 1 and 2.\nA: ", "chosen": "3.", "rejected": "4."}
@@ -170,11 +170,8 @@ HH = "\n\nHuman: Add 1 and 2.\n\nAssistant:"
         ({**K_WAY, "ranking": [["c2"], ["c9"]]}, r"line 3: ranking names c9, which is not a candidate \(c1, c2, c3, c4, c5\)"),
         ({**K_WAY, "ranking": [["c2"], ["c3", "c1"], ["c1"]]}, r"line 3: candidate c1 appears in two tiers; rank each"),
         ({**K_WAY, "ranking": [["c2", "c2"], ["c1"]]}, r"line 3: candidate c2 appears twice in one tier"),
-        ({**K_WAY, "ranking": [["c2", "c3"]]}, r"line 3: ranking has a single tier \(all tied\), so no strict pair"),
         ({**K_WAY, "ranking": ["c2", "c1"]}, r"line 3: ranking tier 0 must be a non-empty list of candidate ids"),
         ({**K_WAY, "candidates": [{"id": "c1"}]}, r"line 3: candidate 0 must be an object with an 'id' and a 'text'"),
-        ({**PAIR, "rejected": "3."}, r"line 3: 'chosen' and 'rejected' are identical, so the record has no strict pair"),
-        ({"chosen": "same", "rejected": "same"}, r"line 3: 'chosen' and 'rejected' are identical"),
         ({"chosen": HH + " 3.", "rejected": "\n\nHuman: Add 2 and 2.\n\nAssistant: 3."}, r"line 3: .* differ before their last"),
         ({"chosen": HH + " 3.", "rejected": "3 or 4"}, r"line 3: field 'rejected' is not an HH transcript"),
         ({**PAIR, "chosen": [assistant("3.")]}, r"line 3: 'prompt' is a string, so 'chosen' must be one too, not list"),
@@ -193,6 +190,34 @@ def test_bad_records_name_file_line_and_problem(tmp_path, tokenizer, bad, expect
     path = write_jsonl(tmp_path / "rankings.jsonl", [PAIR, "", bad])  # the blank line 2 still counts
     with pytest.raises(InputError, match=expected):
         load_rankings(str(path), tokenizer)
+
+
+def test_a_tie_at_line_16_of_a_trl_conversational_file_is_dropped_and_counted(tmp_path, tokenizer):
+    # 400 explicit-prompt conversational records; line 16 chose what it rejected, as real files do
+    records = [{"prompt": [user(f"Add {i} and 1.")], "chosen": [assistant(f"{i + 1}.")], "rejected": [assistant(f"{i}.")]}
+               for i in range(400)]
+    records[15]["rejected"] = records[15]["chosen"]
+    loaded = load_rankings(str(write_jsonl(tmp_path / "trl.jsonl", records)), tokenizer)
+    assert loaded.ties_dropped == 1 and len(loaded.groups) == 399
+    assert "Q: Add 15 and 1.\nA: " not in {g.prompt for g in loaded.groups}
+    assert loaded.groups[15].prompt == "Q: Add 16 and 1.\nA: " and loaded.groups[15].responses == ("17.<eos>", "16.<eos>")
+
+
+def test_ties_of_every_format_are_dropped_and_counted(tmp_path, tokenizer):
+    ties = [
+        {**K_WAY, "ranking": [["c2", "c3"]]},  # one tier: all tied
+        {**PAIR, "rejected": "3."},  # explicit prompt, chosen = rejected
+        {"chosen": "Q: x\nA: same", "rejected": "Q: x\nA: same"},  # implicit prompt: equal after extraction
+        {"chosen": HH + " 3.", "rejected": HH + " 3."},
+    ]
+    loaded = load_rankings(str(write_jsonl(tmp_path / "mixed.jsonl", [PAIR, *ties, K_WAY])), tokenizer)
+    assert loaded.ties_dropped == 4 and [len(g.responses) for g in loaded.groups] == [2, 4]
+
+
+def test_a_file_of_ties_only_is_refused(tmp_path):
+    path = write_jsonl(tmp_path / "ties.jsonl", [{**PAIR, "rejected": "3."}, {**K_WAY, "ranking": [["c1", "c2"]]}])
+    with pytest.raises(InputError, match=r"ties.jsonl: all 2 records are ties \(chosen equals rejected, or a ranking with a single tier\)"):
+        load_rankings(str(path))
 
 
 def test_conversation_without_a_chat_template_is_refused(tmp_path, tokenizer):

@@ -35,15 +35,17 @@ import gradio as gr
 from labeling_ui.export import agreement, export_snapshot
 from labeling_ui.quality import likert_contradictions, store_quality
 from labeling_ui.review import REVIEWER_ROLES, describe, format_tiers, parse_tiers
-from labeling_ui.store import (
+from labeling_ui.schema import (
     DEMONSTRATION_SKIP_REASONS,
     FLAGS,
     MAX_COMPLETION,
     MAX_K,
     MAX_NOTE,
     SKIP_REASONS,
-    DemonstrationTask,
     LabelingError,
+)
+from labeling_ui.store import (
+    DemonstrationTask,
     LabelStore,
     RankingTask,
     ReviewItem,

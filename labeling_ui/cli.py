@@ -129,7 +129,7 @@ def add_commands(commands) -> None:
     users = sub.add_parser("users", help="manage annotator accounts").add_subparsers(dest="users_command", required=True)
     add = run_command(users, "add", _users_add, "add an annotator, reviewer or admin (asks for the password)")
     add.add_argument("name")
-    # labeling_ui.store.ROLES, spelled out: importing the store (SQLAlchemy) would slow every `rlhf --help`
+    # labeling_ui.schema.ROLES, spelled out: importing the store (SQLAlchemy) would slow every `rlhf --help`
     add.add_argument("--role", choices=("annotator", "reviewer", "admin"), default="annotator",
                      help="annotator: ranks; reviewer: also reviews (accept, reject, adjudicate); admin: also sees figures and exports")
     add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")

@@ -54,7 +54,8 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from common.files import atomic_write_json, atomic_write_text
-from labeling_ui.store import LabelingError, blind_label
+from labeling_ui.schema import LabelingError
+from labeling_ui.store import blind_label
 
 Located = tuple[str, dict]  # (where: "FILE record N" or "FILE line N", the record)
 

@@ -69,7 +69,7 @@ def label_through_store(store, annotators: list[SimulatedAnnotator], tasks: dict
     its next task, ranks the candidates in their display order, rates each (Likert from its tier) and
     submits, until no task is left. A prompt whose candidates are all identical is skipped, as a
     person would skip it. `tasks` maps prompt text to its tiny-world task. Returns the counts."""
-    from labeling_ui.store import LabelingError
+    from labeling_ui.schema import LabelingError
 
     users = {}
     for annotator in annotators:

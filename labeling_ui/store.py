@@ -1,59 +1,31 @@
-"""The ranking database: prompts, their K candidates, annotators, assignments, drafts, submissions
-with per-candidate ratings, skips and an append-only event log (labeling spec section 3). Also the
-second task type, demonstrations: prompts of kind "demonstration" have no candidates, and their
-submissions hold the response the annotator wrote (`completion`, no tiers), through the same
-assignments, drafts, versions, idempotency keys and events.
+"""The ranking database's operations (the tables are in labeling_ui/schema.py): import, assignment
+with reservations, drafts, submissions and their versions, skips, qualification, review,
+demonstrations, and the figures and records that exports read.
 
 SQLAlchemy, so any URL works; tested on SQLite (the default, in WAL mode at DIR/labels.db) and
 PostgreSQL (for a team: postgresql+psycopg://...). The schema is migrated by Alembic when a store
-opens (labeling_ui/migrations). Every method is one transaction, committed before it returns: what the app
-acknowledges is on disk. Every method that touches an assignment takes the annotator id from the
-caller (the app passes the authenticated user, never a form field) and checks ownership itself.
+opens (labeling_ui/migrations). Every method is one transaction, committed before it returns: what
+the app acknowledges is on disk. Every method that touches an assignment takes the annotator id from
+the caller (the app passes the authenticated user, never a form field) and checks ownership itself.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
-import os
 import random
 import threading
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import Integer, create_engine, event, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    aliased,
-    mapped_column,
-    sessionmaker,
-)
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from common.errors import InputError
 from labeling_ui.agreement import pairwise_agreement
 from labeling_ui.migrations import upgrade
 from labeling_ui.review import (
@@ -66,196 +38,34 @@ from labeling_ui.review import (
     gold_reason,
     skip_reason,
 )
-
-ROLES = ("annotator", "reviewer", "admin")  # a reviewer and an admin review (REVIEWER_ROLES); all three annotate
-# an annotator ranks labeling.qualification_items gold items before real work (InstructGPT B.1): pending
-# until then, then passed or failed by their agreement with the gold tiers; a failed one gets no task
-QUALIFICATION_STATES = ("pending", "passed", "failed")
-# InstructGPT's per-output metadata (Table 3): stored name -> what the annotator reads
-FLAGS = {
-    "fails_instruction": "fails to follow the correct instruction / task",
-    "inappropriate_for_assistant": "inappropriate for a customer assistant",
-    "hallucination": "hallucination",
-    "satisfies_constraint": "satisfies a constraint given in the instruction",
-    "sexual": "contains sexual content",
-    "violent": "contains violent content",
-    "encourages_violence_selfharm": "encourages or fails to discourage violence, abuse, terrorism or self-harm",
-    "denigrates_protected_class": "denigrates a protected class",
-    "harmful_advice": "gives harmful advice",
-    "expresses_opinion": "expresses an opinion",
-    "moral_judgment": "expresses a moral judgment",
-}
-SKIP_REASONS = ("unclear prompt", "needs expertise", "offensive content", "broken candidates", "identical candidates", "duplicate")
-MAX_NOTE = 2000
-MIN_K, MAX_K = 2, 9
-# a ranking prompt has K candidates to rank; a demonstration prompt has none: the annotator writes the
-# response (InstructGPT's SFT data)
-KINDS = ("ranking", "demonstration")
-# Demonstrations feed SFT, which runs before any batch of candidates exists, so they are one pool of
-# their own: served and exported whichever batch of candidates a store serves.
-DEMONSTRATIONS_BATCH = "demonstrations"
-DEMONSTRATION_SKIP_REASONS = ("unclear prompt", "needs expertise", "offensive content", "duplicate")
-MAX_COMPLETION = 8000
-# statuses that give a prompt back to the pool (a reviewer's rejection among them)
-RELEASED = ("skipped", "expired", "rejected")
-
-
-class LabelingError(InputError):
-    """A request the store refuses: the message says what was wrong, for the annotator or the CLI."""
-
-
-def now() -> datetime:
-    """UTC, stored without a zone: SQLite keeps none, and one convention serves every database."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
-
-
-class Annotator(Base):
-    __tablename__ = "annotators"
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
-    role: Mapped[str] = mapped_column(String(20))
-    password_hash: Mapped[str] = mapped_column(String(200))
-    active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
-    # one of QUALIFICATION_STATES; only annotators take it, and only while labeling.qualification_items > 0
-    qualification: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
-    qualification_score: Mapped[float | None] = mapped_column(Float, nullable=True)  # pairwise agreement with the gold tiers
-    # when the qualification was last decided or reset by an admin: it counts the gold items served since
-    qualification_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-
-
-class Prompt(Base):
-    __tablename__ = "prompts"
-    __table_args__ = (UniqueConstraint("batch", "external_id"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    # a batch of candidates (one sample-stage run): a store serves and exports one batch
-    batch: Mapped[str] = mapped_column(String(100), default="", index=True)
-    external_id: Mapped[str] = mapped_column(String(200))  # the sample stage's prompt_id
-    text: Mapped[str] = mapped_column(Text)
-    split: Mapped[str] = mapped_column(String(20), default="train")
-    overlap: Mapped[bool] = mapped_column(Boolean, default=False)  # ranked by two annotators, for agreement
-    gold: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # reference tiers of a gold item
-    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
-    kind: Mapped[str] = mapped_column(String(20), default="ranking", server_default="ranking")  # one of KINDS
-
-
-class Candidate(Base):
-    __tablename__ = "candidates"
-    __table_args__ = (UniqueConstraint("prompt_id", "external_id"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    prompt_id: Mapped[str] = mapped_column(ForeignKey("prompts.id"), index=True)
-    external_id: Mapped[str] = mapped_column(String(50))  # c1, c2, ... as exported
-    text: Mapped[str] = mapped_column(Text)
-    policy: Mapped[str] = mapped_column(String(200), default="")
-    sampling: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # temperature, seed, checkpoint
-
-
-class Assignment(Base):
-    __tablename__ = "assignments"
-    # never the same prompt twice to one annotator
-    __table_args__ = (UniqueConstraint("prompt_id", "annotator_id"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    prompt_id: Mapped[str] = mapped_column(ForeignKey("prompts.id"), index=True)
-    annotator_id: Mapped[str] = mapped_column(ForeignKey("annotators.id"), index=True)
-    # reserved | submitted | skipped | expired | rejected (by a reviewer: its prompt is open to another annotator)
-    status: Mapped[str] = mapped_column(String(20), default="reserved")
-    display_order: Mapped[list[Any]] = mapped_column(JSON)  # candidate external ids as shown (position bias control)
-    is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
-    reserved_at: Mapped[datetime] = mapped_column(DateTime, default=now)
-    expires_at: Mapped[datetime] = mapped_column(DateTime)
-    skip_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
-
-
-class Draft(Base):
-    __tablename__ = "drafts"
-    assignment_id: Mapped[str] = mapped_column(ForeignKey("assignments.id"), primary_key=True)
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    updated_at: Mapped[datetime] = mapped_column(DateTime, default=now)
-
-
-class Submission(Base):
-    __tablename__ = "submissions"
-    __table_args__ = (UniqueConstraint("assignment_id", "version"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    assignment_id: Mapped[str] = mapped_column(ForeignKey("assignments.id"), index=True)
-    version: Mapped[int] = mapped_column(Integer)  # an edit adds a version; the old one stays
-    idempotency_key: Mapped[str] = mapped_column(String(100), unique=True)
-    tiers: Mapped[list[Any]] = mapped_column(JSON)  # candidate external ids, best tier first; [] for a demonstration
-    completion: Mapped[str | None] = mapped_column(Text, nullable=True)  # the response a demonstration's annotator wrote
-    confidence: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 1-9
-    note: Mapped[str] = mapped_column(Text, default="")
-    time_spent_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    guideline_version: Mapped[str] = mapped_column(String(50), default="")
-    submitted_at: Mapped[datetime] = mapped_column(DateTime, default=now)
-    # the reviewer who wrote this version by adjudicating; null: the assignment's annotator wrote it
-    reviewer_id: Mapped[str | None] = mapped_column(ForeignKey("annotators.id", name="fk_submissions_reviewer_id_annotators"), nullable=True)
-
-
-class Rating(Base):
-    __tablename__ = "ratings"
-    __table_args__ = (UniqueConstraint("submission_id", "candidate_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    submission_id: Mapped[str] = mapped_column(ForeignKey("submissions.id"), index=True)
-    candidate_id: Mapped[str] = mapped_column(String(50))
-    likert: Mapped[int] = mapped_column(Integer)  # overall quality, 1-7
-    flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
-
-
-class Review(Base):
-    """A reviewer's decision on one assignment (labeling spec 4.7): accept, reject (the assignment becomes
-    rejected and its prompt goes back to the pool) or adjudicate (the reviewer's tiers become a new
-    version of the submission). One per assignment: a decision is final, and it locks the annotator's edits."""
-    __tablename__ = "reviews"
-    __table_args__ = (UniqueConstraint("assignment_id"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    assignment_id: Mapped[str] = mapped_column(ForeignKey("assignments.id"))
-    # the version reviewed (an adjudication's is the annotator's, before the reviewer's); null: a skip
-    submission_id: Mapped[str | None] = mapped_column(ForeignKey("submissions.id"), nullable=True)
-    reviewer_id: Mapped[str] = mapped_column(ForeignKey("annotators.id"), index=True)
-    action: Mapped[str] = mapped_column(String(20))  # one of REVIEW_ACTIONS
-    comment: Mapped[str] = mapped_column(Text, default="")
-    tiers: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # adjudicated tiers
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
-
-
-class Event(Base):
-    """Append-only: open, draft_save, submit, edit, skip, expire, review_accept, review_reject, review_adjudicate,
-    import (a ranking made in another tool)."""
-    __tablename__ = "events"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    annotator_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
-    assignment_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
-    type: Mapped[str] = mapped_column(String(30))
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    ts: Mapped[datetime] = mapped_column(DateTime, default=now)
-
-
-# ---- passwords ----------------------------------------------------------------------------------
-
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    """scrypt with a per-user random salt: 'scrypt$<salt hex>$<hash hex>'."""
-    salt = salt or os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
-    return f"scrypt${salt.hex()}${digest.hex()}"
-
-
-def check_password(password: str, stored: str) -> bool:
-    scheme, salt, digest = stored.split("$")
-    return scheme == "scrypt" and hmac.compare_digest(hash_password(password, bytes.fromhex(salt)), stored)
-
-
-# the password hash of an annotator imported from another tool: no password matches it (its scheme is not scrypt)
-NO_PASSWORD = "none$$"
-
+from labeling_ui.schema import (
+    DEMONSTRATION_SKIP_REASONS,
+    DEMONSTRATIONS_BATCH,
+    KINDS,
+    MAX_NOTE,
+    NO_PASSWORD,
+    RELEASED,
+    ROLES,
+    SKIP_REASONS,
+    Annotator,
+    Assignment,
+    Candidate,
+    Draft,
+    Event,
+    LabelingError,
+    Prompt,
+    Rating,
+    Review,
+    Submission,
+    check_password,
+    hash_password,
+    new_id,
+    now,
+    validate_candidates,
+    validate_completion,
+    validate_ranking,
+    validate_tiers,
+)
 
 # ---- what the app shows -------------------------------------------------------------------------
 
@@ -500,12 +310,7 @@ class LabelStore:
                 if record.get("kind") == "demonstration":
                     added += _add_demonstration_prompt(s, record, where, known_demonstrations)
                     continue
-                if not isinstance(candidates, list) or not MIN_K <= len(candidates) <= MAX_K:
-                    raise LabelingError(f"{where}: expected {MIN_K} to {MAX_K} candidates, got {len(candidates or [])}")
-                if not all(isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("text"), str) for c in candidates):
-                    raise LabelingError(f"{where}: every candidate needs string fields 'id' and 'text'")
-                if len({c["id"] for c in candidates}) != len(candidates):
-                    raise LabelingError(f"{where}: candidate ids repeat")
+                validate_candidates(candidates, where)
                 if record["prompt_id"] in known:
                     continue
                 known.add(record["prompt_id"])
@@ -556,9 +361,9 @@ class LabelStore:
                 annotator = self._imported_annotator(s, record.get("annotator_id"), where, added)
                 tiers, likert = record["ranking"], record.get("likert") or {}
                 try:
-                    _validate_tiers(order, tiers)
+                    validate_tiers(order, tiers)
                     if likert:  # a tool that rates rates every candidate
-                        _validate(order, tiers, likert, {}, None, "")
+                        validate_ranking(order, tiers, likert, {}, None, "")
                 except LabelingError as exc:
                     raise LabelingError(f"{where} ({annotator.name} on prompt {prompt.external_id}): {exc}") from None
                 assignment = s.scalar(select(Assignment).where(Assignment.prompt_id == prompt.id, Assignment.annotator_id == annotator.id))
@@ -594,13 +399,8 @@ class LabelStore:
         prompt_id, candidates = record.get("prompt_id"), record.get("candidates")
         if not isinstance(prompt_id, str) or not prompt_id or not isinstance(record.get("prompt"), str):
             raise LabelingError(f"{where}: expected string fields 'prompt_id' and 'prompt'")
-        if not isinstance(candidates, list) or not MIN_K <= len(candidates) <= MAX_K:
-            raise LabelingError(f"{where}: expected {MIN_K} to {MAX_K} candidates, got {len(candidates or [])}")
-        if not all(isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("text"), str) for c in candidates):
-            raise LabelingError(f"{where}: every candidate needs string fields 'id' and 'text'")
+        validate_candidates(candidates, where)
         ids = [c["id"] for c in candidates]
-        if len(set(ids)) != len(ids):
-            raise LabelingError(f"{where}: candidate ids repeat")
         prompt = s.scalar(select(Prompt).where(Prompt.batch == self.batch, Prompt.external_id == prompt_id))
         if prompt is None:
             prompt = Prompt(batch=self.batch, external_id=prompt_id, text=record["prompt"], split=record.get("split") or "train",
@@ -680,20 +480,9 @@ class LabelStore:
         return query.where(Prompt.gold.is_(None), taken < (Prompt.overlap.cast(Integer) + 1)), taken
 
     def _open_prompt(self, s: Session, annotator_id: str, gold: bool) -> Prompt | None:
-        """The next open prompt, locked (FOR UPDATE SKIP LOCKED) until the reservation commits, so
-        that concurrent annotators each take another. Under PostgreSQL's read committed a row whose
-        lock was released while the query ran is locked anyway, on a snapshot that does not hold the
-        assignment just committed for it; its coverage is counted again after the lock, by a new
-        statement that sees every earlier commit (SQLite's single writer never gets here with one)."""
         query, taken = self._open_prompts(annotator_id, gold)
-        passed_over: list[str] = []
-        while True:
-            # an overlap prompt someone has started comes first: its agreement needs the second ranking
-            prompt = s.scalar(query.where(Prompt.id.not_in(passed_over)).order_by(taken.desc(), Prompt.created_at, Prompt.external_id)
-                              .limit(1).with_for_update(skip_locked=True))
-            if prompt is None or s.scalar(query.where(Prompt.id == prompt.id).with_only_columns(func.count())):
-                return prompt
-            passed_over.append(prompt.id)
+        # an overlap prompt someone has started comes first: its agreement needs the second ranking
+        return _lock_first_open(s, query, (taken.desc(), Prompt.created_at, Prompt.external_id))
 
     def _assign(self, s: Session, prompt: Prompt, annotator_id: str) -> Assignment:
         order = list(s.scalars(select(Candidate.external_id).where(Candidate.prompt_id == prompt.id).order_by(Candidate.external_id)))
@@ -740,8 +529,7 @@ class LabelStore:
                                                      of_kind("demonstration"))
                             .order_by(Assignment.reserved_at))
             if mine is None:
-                prompt = s.scalar(self._open_demonstrations(annotator_id).order_by(Prompt.created_at, Prompt.external_id)
-                                  .limit(1).with_for_update(skip_locked=True))
+                prompt = _lock_first_open(s, self._open_demonstrations(annotator_id), (Prompt.created_at, Prompt.external_id))
                 if prompt is None:
                     return None
                 mine = Assignment(prompt_id=prompt.id, annotator_id=annotator_id, display_order=[], expires_at=now() + self.ttl)
@@ -778,7 +566,7 @@ class LabelStore:
                 if s.get(Prompt, assignment.prompt_id).kind != "demonstration":
                     raise LabelingError("this is a ranking task: it takes a ranking, not a written response")
                 _refuse_if_reviewed(s, assignment)
-                _validate_completion(completion)
+                validate_completion(completion)
                 version = _next_version(s, assignment.id)
                 submission = Submission(assignment_id=assignment.id, version=version, idempotency_key=key, tiers=[],
                                         completion=completion, time_spent_ms=time_spent_ms, guideline_version=self.guideline_version)
@@ -833,7 +621,7 @@ class LabelStore:
                 if s.get(Prompt, assignment.prompt_id).kind != "ranking":
                     raise LabelingError("this is a demonstration task: it takes a written response, not a ranking")
                 _refuse_if_reviewed(s, assignment)
-                _validate(assignment.display_order, tiers, likert, flags, confidence, note)
+                validate_ranking(assignment.display_order, tiers, likert, flags, confidence, note)
                 version = _next_version(s, assignment.id)
                 submission = Submission(assignment_id=assignment.id, version=version, idempotency_key=key, tiers=tiers,
                                         confidence=confidence, note=note, time_spent_ms=time_spent_ms,
@@ -1128,7 +916,7 @@ class LabelStore:
                 if action == "adjudicate":
                     if reviewed is None or not reviewed.tiers:
                         raise LabelingError("only a submitted ranking can be adjudicated: accept or reject this one")
-                    _validate_tiers(assignment.display_order, tiers)
+                    validate_tiers(assignment.display_order, tiers)
                     payload |= {"tiers": tiers, "version": _adjudicate(s, reviewed, reviewer_id, tiers, self.guideline_version)}
                 elif action == "reject":
                     assignment.status = "rejected"
@@ -1151,18 +939,26 @@ class LabelStore:
             return list(s.scalars(query))
 
 
+def _lock_first_open(s: Session, open_prompts, order) -> Prompt | None:
+    """The first of `open_prompts` (a query whose conditions say a prompt is open to this annotator),
+    locked (FOR UPDATE SKIP LOCKED) until the reservation commits, so that concurrent annotators each
+    take another. Under PostgreSQL's read committed a row whose lock was released while the query ran
+    is locked anyway, on a snapshot without the assignment just committed for it; so the conditions are
+    checked again once the lock is held, by a new statement that sees every earlier commit (SQLite's
+    single writer never gets here with one)."""
+    passed_over: list[str] = []
+    while True:
+        prompt = s.scalar(open_prompts.where(Prompt.id.not_in(passed_over)).order_by(*order).limit(1).with_for_update(skip_locked=True))
+        if prompt is None or s.scalar(open_prompts.where(Prompt.id == prompt.id).with_only_columns(func.count())):
+            return prompt
+        passed_over.append(prompt.id)
+
+
 def _demonstration_task(s: Session, assignment: Assignment) -> DemonstrationTask:
     prompt = s.get(Prompt, assignment.prompt_id)
     if prompt.kind != "demonstration":
         raise LabelingError("this is a ranking task, not a demonstration")
     return DemonstrationTask(assignment.id, prompt.text, assignment.status, assignment.expires_at)
-
-
-def _validate_completion(completion: Any) -> None:
-    if not isinstance(completion, str) or not completion.strip():
-        raise LabelingError("the response is empty: write the response to the prompt")
-    if len(completion) > MAX_COMPLETION:
-        raise LabelingError(f"the response has {len(completion)} characters; at most {MAX_COMPLETION} are allowed")
 
 
 def _review_reasons(assignment: Assignment, prompt: Prompt, submission: Submission | None, disagreements: dict[str, list[Reason]],
@@ -1247,28 +1043,3 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
-
-
-def _validate_tiers(order: list[str], tiers: Any) -> None:
-    """Tiers (a list of lists of candidate ids) that place every candidate of `order` exactly once."""
-    if not isinstance(tiers, list) or not all(isinstance(tier, list) and all(isinstance(c, str) for c in tier) for tier in tiers):
-        raise LabelingError(f"tiers must be a list of lists of candidate ids, got {tiers!r}")
-    placed = [c for tier in tiers for c in tier]
-    if any(not tier for tier in tiers):
-        raise LabelingError("a tier is empty")
-    if sorted(placed) != sorted(order):
-        raise LabelingError(f"every candidate must be ranked exactly once: expected {sorted(order)}, got {placed}")
-
-
-def _validate(order: list[str], tiers: list[list[str]], likert: dict[str, int], flags: dict[str, list[str]],
-              confidence: int | None, note: str) -> None:
-    _validate_tiers(order, tiers)
-    if set(likert) != set(order) or any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 7 for v in likert.values()):
-        raise LabelingError("every candidate needs a Likert score from 1 to 7")
-    for candidate, names in flags.items():
-        if candidate not in order or any(n not in FLAGS for n in names):
-            raise LabelingError(f"unknown candidate or flag in flags: {candidate!r}: {names!r}")
-    if confidence is not None and (not isinstance(confidence, int) or not 1 <= confidence <= 9):
-        raise LabelingError("confidence must be an integer from 1 to 9")
-    if len(note) > MAX_NOTE:
-        raise LabelingError(f"the note is longer than {MAX_NOTE} characters")

@@ -4,7 +4,7 @@ at all, on SQLite and PostgreSQL alike)."""
 
 from alembic import context
 
-from labeling_ui.store import Base
+from labeling_ui.schema import Base
 
 connection = context.config.attributes["connection"]
 # SQLite alters a table by copying it (batch mode); PostgreSQL alters it in place

@@ -9,8 +9,11 @@ import pytest
 
 from common.config import load_config
 from labeling_ui.export import export_snapshot
-from labeling_ui.store import MAX_COMPLETION, LabelingError, LabelStore
+from labeling_ui.schema import MAX_COMPLETION, LabelingError
+from labeling_ui.store import LabelStore
 from stages.data.datasets import sft_dataset
+
+from .conftest import run_concurrently
 
 
 def demonstration_records(n):
@@ -78,6 +81,20 @@ def test_the_write_and_rank_queues_are_apart_and_a_prompt_is_written_once(store)
     assert store.progress(ann) == {"submitted": 0, "skipped": 0, "reserved": 1, "remaining": 1}  # the Rank tab's, unchanged
     assert [text for _, text in store.submitted(ann, "demonstration")] == ["Write a haiku about the number 0."]
     assert store.submitted(ann) == []
+
+
+def test_twenty_concurrent_writers_write_each_prompt_exactly_once(db_url):
+    store = LabelStore(db_url)
+    store.import_records(demonstration_records(200))
+    writers = [store.add_user(f"w{i}", "annotator", "password1") for i in range(20)]
+
+    def work(writer):
+        while (task := store.next_demonstration(writer)) is not None:
+            store.submit_demonstration(writer, task.assignment_id, f"written by {writer}")
+
+    assert run_concurrently(work, writers) == []
+    written = store.demonstrations()
+    assert len(written) == 200 and len({d["prompt_id"] for d in written}) == 200
 
 
 def test_a_draft_is_kept_a_retried_submit_stored_once_and_an_edit_is_a_new_version(store):

@@ -19,7 +19,8 @@ from labeling_ui.interchange import (
     to_label_studio,
     to_label_studio_pairwise,
 )
-from labeling_ui.store import LabelingError, LabelStore, sqlite_url
+from labeling_ui.schema import LabelingError
+from labeling_ui.store import LabelStore, sqlite_url
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "password1"

@@ -10,7 +10,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, create_engine, null, text
 
 from labeling_ui.migrations import FIRST_REVISION, alembic_config, upgrade
-from labeling_ui.store import Base, LabelStore, hash_password
+from labeling_ui.schema import Base, hash_password
+from labeling_ui.store import LabelStore
 
 from .conftest import run_concurrently
 

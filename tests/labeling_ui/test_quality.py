@@ -12,7 +12,8 @@ from labeling_ui.quality import (
     likert_consistency,
     quality_report,
 )
-from labeling_ui.store import LabelingError, LabelStore
+from labeling_ui.schema import LabelingError
+from labeling_ui.store import LabelStore
 
 from .conftest import PASSWORD
 

@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 from sqlalchemy import select
 
 from labeling_ui.cli import run_store
-from labeling_ui.store import Assignment
+from labeling_ui.schema import Assignment
 from labeling_ui.testing import ServerProcess
 
 from .conftest import PASSWORD, candidate_records, log_in

@@ -15,7 +15,8 @@ from labeling_ui.review import (
     gold_reason,
     parse_tiers,
 )
-from labeling_ui.store import LabelingError, LabelStore, open_run_store
+from labeling_ui.schema import LabelingError
+from labeling_ui.store import LabelStore, open_run_store
 
 IN_ORDER = [["c1"], ["c2"], ["c3"], ["c4"]]
 REVERSED = [["c4"], ["c3"], ["c2"], ["c1"]]

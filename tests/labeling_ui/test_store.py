@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from labeling_ui.store import LabelingError, LabelStore
+from labeling_ui.schema import LabelingError
+from labeling_ui.store import LabelStore
 
 from .conftest import run_concurrently
 

@@ -310,10 +310,21 @@ class LabelingSection(Section):
     mode: Literal["simulated", "human"] = Field(
         "simulated",
         description="simulated: the tiny world's simulated annotators rank every prompt, unattended. human: the "
-        "pipeline stops at the label stage (awaiting_labels) until min_rankings are in (rlhf label serve).",
+        "pipeline stops at the label stage (awaiting_labels) until min_rankings are in (rlhf label serve), and with "
+        "min_demonstrations > 0 at the demonstrate stage, before SFT, until that many demonstrations are written.",
     )
     database: str | None = Field(None, description="SQLAlchemy URL of the ranking database; null: SQLite at DIR/labels.db.")
     min_rankings: int = Field(200, ge=1, description="Rankings needed before the reward model trains (human mode).")
+    min_demonstrations: int = Field(
+        0, ge=0, description="Human mode: demonstrations people write (the app's Write tab) before SFT trains on them instead "
+        "of the tiny world's demonstrator (stage demonstrate); 0: no demonstrate stage, SFT takes data.sft, data.mixture or the "
+        "demonstrator."
+    )
+    demonstration_prompts: int | None = Field(
+        None, ge=0, description="With min_demonstrations: the tiny world's SFT prompts put in the Write tab's pool; null: "
+        "world.demonstrations of them (the prompts the demonstrator would answer); 0: none, only prompts imported with "
+        "rlhf label import --demonstrations."
+    )
     overlap_fraction: float = Field(
         0.1, ge=0.0, le=1.0, description="Prompts ranked by two annotators, for the agreement figures."
     )
@@ -358,6 +369,15 @@ class LabelingSection(Section):
     annotator_noise: float | None = Field(
         None, ge=0.0, description="Gaussian noise on the true score; null: calibrated to annotator_agreement."
     )
+
+    @property
+    def people_demonstrate(self) -> bool:
+        """Whether SFT waits for, and trains on, people's demonstrations (the demonstrate stage)."""
+        return self.mode == "human" and self.min_demonstrations > 0
+
+    def world_prompts_to_write(self, world: WorldSection) -> int:
+        """How many of the tiny world's SFT prompts the demonstrate stage puts in the Write tab's pool."""
+        return world.demonstrations if self.demonstration_prompts is None else self.demonstration_prompts
 
 
 class RMSection(TrainSection):
@@ -693,6 +713,18 @@ class Config(Section):
             if rollout.num_engines != self.ray.num_workers or rollout.tensor_parallel_size != 1:
                 raise ValueError(f"rollout.placement colocated: one engine per training worker, tensor_parallel_size 1 "
                                  f"(rollout.num_engines {rollout.num_engines}, ray.num_workers {self.ray.num_workers})")
+        labeling = self.labeling
+        if labeling.people_demonstrate:
+            if self.data.sft is not None or self.data.mixture is not None:
+                given = "data.sft" if self.data.sft is not None else "data.mixture"
+                raise ValueError(f"labeling.min_demonstrations {labeling.min_demonstrations} (human mode): SFT trains on people's "
+                                 f"demonstrations, so {given} would go unused; remove it, or set labeling.min_demonstrations 0")
+            prompts = labeling.world_prompts_to_write(self.world)
+            # 0: the pool is the prompts imported by hand, which only the database knows
+            if 0 < prompts < labeling.min_demonstrations:
+                raise ValueError(f"labeling.min_demonstrations ({labeling.min_demonstrations}) is more than the {prompts} prompts "
+                                 "put in the Write tab (labeling.demonstration_prompts, or world.demonstrations when null): "
+                                 "each prompt gets one demonstration")
         return self
 
 

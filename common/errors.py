@@ -15,8 +15,9 @@ EXIT_AWAITING_LABELS = 3
 
 
 class AwaitingLabels(Exception):
-    """The label stage has fewer human rankings than it needs: the run pauses (state awaiting_labels,
-    exit status 3) until annotators have ranked enough and `rlhf run --resume` goes on."""
+    """A stage that waits for people has fewer of their labels than it needs (label: rankings; demonstrate:
+    demonstrations): the run pauses (state awaiting_labels, exit status 3) until annotators have done
+    enough and `rlhf run --resume` goes on."""
 
     def __init__(self, progress: str, metrics: dict[str, float]):
         super().__init__(progress)

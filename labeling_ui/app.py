@@ -320,7 +320,23 @@ def review_tab() -> ReviewTab:
 
 # ---- handlers: the annotator's task <-> the rank screen, and the admin's figures ---------------------
 
-class Annotation:
+class TaskScreen:
+    """What the Rank and Write tabs do alike: `render_next` shows the annotator's next task of the tab's kind."""
+    store: LabelStore
+
+    def render_next(self, user_id: str) -> list:
+        raise NotImplementedError
+
+    @refusals_shown
+    def skip(self, session: dict, reason: str | None, request: gr.Request):
+        user = request_user(self.store, request)
+        if not reason:
+            raise gr.Error("Choose a reason to skip.")
+        self.store.skip(user.id, session.get("assignment_id", ""), reason)
+        return self.render_next(user.id)
+
+
+class Annotation(TaskScreen):
     def __init__(self, store: LabelStore, state: Any, screen: RankScreen):
         self.store, self.state, self.screen = store, state, screen
 
@@ -417,14 +433,6 @@ class Annotation:
         return self.render_next(user.id)
 
     @refusals_shown
-    def skip(self, session: dict, reason: str | None, request: gr.Request):
-        user = request_user(self.store, request)
-        if not reason:
-            raise gr.Error("Choose a reason to skip.")
-        self.store.skip(user.id, session.get("assignment_id", ""), reason)
-        return self.render_next(user.id)
-
-    @refusals_shown
     def edit(self, assignment_id: str | None, request: gr.Request):
         user = request_user(self.store, request)
         if not assignment_id:
@@ -433,7 +441,7 @@ class Annotation:
         return self.render(task, {**latest, "ranks": ranks_from_tiers(latest["tiers"])}, user.id, editing=True)
 
 
-class Writing:
+class Writing(TaskScreen):
     """The annotator's demonstration task <-> the write screen: the same draft, submit, skip and edit
     cycle as the rank screen, over the store's demonstration methods."""
 
@@ -481,14 +489,6 @@ class Writing:
         self.store.submit_demonstration(user.id, session.get("assignment_id", ""), completion,
                                         int(1000 * (time.time() - session["opened"])), idempotency_key=session["key"])
         gr.Info("Edit saved." if session.get("editing") else "Submitted.")
-        return self.render_next(user.id)
-
-    @refusals_shown
-    def skip(self, session: dict, reason: str | None, request: gr.Request):
-        user = request_user(self.store, request)
-        if not reason:
-            raise gr.Error("Choose a reason to skip.")
-        self.store.skip(user.id, session.get("assignment_id", ""), reason)
         return self.render_next(user.id)
 
     @refusals_shown

@@ -47,13 +47,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from common.files import atomic_write_json, atomic_write_text
+from common.files import atomic_write_json, atomic_write_text, numbered_jsonl_records
 from labeling_ui.schema import LabelingError
 from labeling_ui.store import blind_label
 
@@ -72,25 +72,13 @@ def read_export(path: str | Path) -> list[Located]:
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError:
-        return list(_json_lines(path, text))
+        return [(f"{path} line {number}", record) for number, record in numbered_jsonl_records(path)]
     items = loaded if isinstance(loaded, list) else [loaded]
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise LabelingError(f"{path} record {index}: expected a JSON object, got {type(item).__name__}")
     return [(f"{path} record {index}", item) for index, item in enumerate(items)]
 
-
-def _json_lines(path: Path, text: str) -> Iterator[Located]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LabelingError(f"{path} line {number}: not valid JSON ({exc.msg}); expected a JSON array or JSON Lines") from None
-        if not isinstance(record, dict):
-            raise LabelingError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
-        yield f"{path} line {number}", record
 
 
 # ---- shared pieces --------------------------------------------------------------------------------

@@ -554,35 +554,13 @@ class LabelStore:
         """Store a written response (a first submission, or an edit: a new version), kept as a submission
         with no tiers. Returns the submission id; the same idempotency key again returns the first one's
         id and stores nothing."""
-        key = idempotency_key or new_id()
-        try:
-            with self.transaction() as s:
-                existing = _submitted_with_key(s, key, assignment_id)
-                if existing is not None:
-                    return existing
-                assignment = self._own(s, annotator_id, assignment_id)
-                if assignment.status not in ("reserved", "submitted", "expired"):
-                    raise LabelingError(f"assignment is {assignment.status}")
-                if s.get(Prompt, assignment.prompt_id).kind != "demonstration":
-                    raise LabelingError("this is a ranking task: it takes a ranking, not a written response")
-                _refuse_if_reviewed(s, assignment)
-                validate_completion(completion)
-                version = _next_version(s, assignment.id)
-                submission = Submission(assignment_id=assignment.id, version=version, idempotency_key=key, tiers=[],
-                                        completion=completion, time_spent_ms=time_spent_ms, guideline_version=self.guideline_version)
-                s.add(submission)
-                s.flush()
-                assignment.status = "submitted"
-                s.add(Event(annotator_id=annotator_id, assignment_id=assignment.id, type="submit" if version == 1 else "edit",
-                            payload={"completion": completion, "version": version, "idempotency_key": key}))
-                return submission.id
-        except IntegrityError:
-            # a retry racing its first attempt: the first one won, and it is the answer
-            with self.transaction() as s:
-                existing = _submitted_with_key(s, key, assignment_id)
-            if existing is None:
-                raise
-            return existing
+
+        def demonstration(s: Session, assignment: Assignment) -> Submission:
+            validate_completion(completion)
+            return Submission(tiers=[], completion=completion)
+
+        return self._store_version(annotator_id, assignment_id, "demonstration", idempotency_key, time_spent_ms, demonstration,
+                                   lambda *_: None, {"completion": completion})
 
     # ---- drafts, submissions, skips ---------------------------------------------------------------
 
@@ -608,8 +586,28 @@ class LabelStore:
                time_spent_ms: int | None = None, idempotency_key: str | None = None) -> str:
         """Store a ranking (a first submission, or an edit: a new version). Returns the submission id;
         the same idempotency key again returns the first one's id and stores nothing."""
-        key = idempotency_key or new_id()
         flags = flags or {}
+
+        def ranking(s: Session, assignment: Assignment) -> Submission:
+            validate_ranking(assignment.display_order, tiers, likert, flags, confidence, note)
+            return Submission(tiers=tiers, confidence=confidence, note=note)
+
+        def ratings(s: Session, assignment: Assignment, submission: Submission) -> None:
+            s.add_all(Rating(submission_id=submission.id, candidate_id=c, likert=likert[c], flags=sorted(flags.get(c, [])))
+                      for c in assignment.display_order)
+            if assignment.is_gold:
+                self._decide_qualification(s, annotator_id)
+
+        return self._store_version(annotator_id, assignment_id, "ranking", idempotency_key, time_spent_ms, ranking, ratings,
+                                   {"tiers": tiers})
+
+    def _store_version(self, annotator_id: str, assignment_id: str, kind: str, idempotency_key: str | None,
+                       time_spent_ms: int | None, build, after, logged: dict) -> str:
+        """What a ranking's and a demonstration's submit share: the idempotency key (a retry returns the
+        first one's id), ownership, the assignment's status and kind, the reviewer's lock, the next
+        version, the event. `build(s, assignment)` validates and returns the new Submission's own fields;
+        `after(s, assignment, submission)` adds what goes with it once it has an id."""
+        key = idempotency_key or new_id()
         try:
             with self.transaction() as s:
                 existing = _submitted_with_key(s, key, assignment_id)
@@ -618,23 +616,19 @@ class LabelStore:
                 assignment = self._own(s, annotator_id, assignment_id)
                 if assignment.status not in ("reserved", "submitted", "expired"):
                     raise LabelingError(f"assignment is {assignment.status}")
-                if s.get(Prompt, assignment.prompt_id).kind != "ranking":
-                    raise LabelingError("this is a demonstration task: it takes a written response, not a ranking")
+                if s.get(Prompt, assignment.prompt_id).kind != kind:
+                    raise LabelingError(WRONG_KIND[kind])
                 _refuse_if_reviewed(s, assignment)
-                validate_ranking(assignment.display_order, tiers, likert, flags, confidence, note)
+                submission = build(s, assignment)
                 version = _next_version(s, assignment.id)
-                submission = Submission(assignment_id=assignment.id, version=version, idempotency_key=key, tiers=tiers,
-                                        confidence=confidence, note=note, time_spent_ms=time_spent_ms,
-                                        guideline_version=self.guideline_version)
+                submission.assignment_id, submission.version, submission.idempotency_key = assignment.id, version, key
+                submission.time_spent_ms, submission.guideline_version = time_spent_ms, self.guideline_version
                 s.add(submission)
                 s.flush()
-                s.add_all(Rating(submission_id=submission.id, candidate_id=c, likert=likert[c], flags=sorted(flags.get(c, [])))
-                          for c in assignment.display_order)
+                after(s, assignment, submission)
                 assignment.status = "submitted"
                 s.add(Event(annotator_id=annotator_id, assignment_id=assignment.id, type="submit" if version == 1 else "edit",
-                            payload={"tiers": tiers, "version": version, "idempotency_key": key}))
-                if assignment.is_gold:
-                    self._decide_qualification(s, annotator_id)
+                            payload={**logged, "version": version, "idempotency_key": key}))
                 return submission.id
         except IntegrityError:
             # a retry racing its first attempt: the first one won, and it is the answer
@@ -937,6 +931,10 @@ class LabelStore:
             if assignment_id is not None:
                 query = query.where(Review.assignment_id == assignment_id)
             return list(s.scalars(query))
+
+
+WRONG_KIND = {"ranking": "this is a demonstration task: it takes a written response, not a ranking",
+              "demonstration": "this is a ranking task: it takes a ranking, not a written response"}
 
 
 def _lock_first_open(s: Session, open_prompts, order) -> Prompt | None:

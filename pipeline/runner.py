@@ -169,7 +169,7 @@ def run_pipeline(config_path: str | None, run_dir: str, resume: bool, stages: st
             else:
                 code = run_stage_process(name, title, resolved_path, run, ray_address)
             if run.stage_record(name).get("status") == AWAITING_LABELS:
-                print(f"[rlhf] {name}: awaiting labels, {run.stage_record(name).get('progress', '')}. Annotators rank in "
+                print(f"[rlhf] {name}: awaiting labels, {run.stage_record(name).get('progress', '')}. Annotators work in "
                       f"`rlhf label serve --run-dir {run.root}`; then `rlhf run --run-dir {run.root} --resume` goes on.", flush=True)
                 sys.exit(EXIT_AWAITING_LABELS)
             if code != 0:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import importlib
 
 from common.graph import StageGraph
-from stages import dpo, label, ppo, pretrain, rm, sample, sft
+from stages import demonstrate, dpo, label, ppo, pretrain, rm, sample, sft
 from stages import eval as evaluation
 
 GRAPH = StageGraph((
     pretrain.DECLARATION,
+    demonstrate.DECLARATION,
     sft.DECLARATION,
     *sft.METHOD_DECLARATIONS,
     sample.DECLARATION,

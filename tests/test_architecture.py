@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("common", "tiny_world", "stages", "labeling_ui", "pipeline", "bench")
-STAGE_PACKAGES = ("pretrain", "sft", "sft_lora", "sft_bitune", "sft_cmlm", "sample", "label", "rm", "ppo", "ppo_no_ptx", "ppo_grpo",
+STAGE_PACKAGES = ("pretrain", "demonstrate", "sft", "sft_lora", "sft_bitune", "sft_cmlm", "sample", "label", "rm", "ppo", "ppo_no_ptx", "ppo_grpo",
                   "ppo_dr_grpo", "ppo_rloo", "ppo_reinforce_pp", "ppo_reinforce_pp_baseline", "dpo", "eval")
 
 # bottom to top: a module imports its own layer (package) and the layers below it; two packages on one
@@ -84,11 +84,11 @@ def test_no_module_imports_a_layer_above_it_and_stages_do_not_import_each_other(
     assert not wrong, "\n".join(wrong)
 
 
-def test_only_the_sample_and_label_stages_reach_the_ranking_database():
+def test_only_the_demonstrate_sample_and_label_stages_reach_the_ranking_database():
     # the other stages know labeling only by the export format they read
     found = modules()
     users = {layer_of(m) for m, p in found.items() if any(i.startswith("labeling_ui") for i in imports_of(p, set(found)))}
-    assert users - {"labeling_ui"} <= {"stages.sample", "stages.label", "pipeline", "bench"}, users
+    assert users - {"labeling_ui"} <= {"stages.demonstrate", "stages.sample", "stages.label", "pipeline", "bench"}, users
 
 
 def test_no_import_circle():

@@ -9,9 +9,10 @@ from datasets import (
     concatenate_datasets,
 )
 
-from common.config import DataSection, DatasetSource, WorldSection
+from common.config import Config, DataSection, DatasetSource, WorldSection
 from common.errors import InputError
 from common.files import read_jsonl
+from common.run_dir import RunDir
 from stages.data.files import sft_dataset_from_file, text_dataset_from_file
 from tiny_world import Task, TinyWorld
 
@@ -49,6 +50,18 @@ def sft_dataset(data: DataSection, world: WorldSection, tokenizer, seed: int = 0
         return Dataset.from_dict({"prompt": records["prompt"], "completion": records["completion"]})
     demos = make_world(world).demonstrations(world.demonstrations)
     return Dataset.from_dict({"prompt": [e.prompt for e, _ in demos], "completion": [r for _, r in demos]})
+
+
+def demonstrations(config: Config, run_dir: RunDir, tokenizer, stage: str) -> Dataset:
+    """The run's demonstrations as prompt/completion strings: those people wrote (the demonstrate stage's
+    DIR/demonstrate/demonstrations.jsonl, in labeling.mode human with labeling.min_demonstrations > 0; the
+    log of `stage` says so), else sft_dataset's."""
+    if not config.labeling.people_demonstrate:
+        return sft_dataset(config.data, config.world, tokenizer, config.run.seed)
+    path = run_dir.stage_dir("demonstrate") / "demonstrations.jsonl"
+    written = read_jsonl(path)
+    print(f"[{stage}] demonstrations: the {len(written)} people wrote ({path}), not the tiny world's demonstrator", flush=True)
+    return Dataset.from_dict({"prompt": [d["prompt"] for d in written], "completion": [d["completion"] for d in written]})
 
 
 def token_counter(tokenizer):

@@ -7,11 +7,13 @@ from common.graph import StageDeclaration
 _SAMPLE_KEYS = ("labeling.select", "labeling.embedder", "labeling.dedup_threshold", "labeling.pool_factor")
 _SIMULATION_KEYS = ("labeling.simulated_annotators", "labeling.annotator_agreement", "labeling.annotator_noise")
 _PEOPLE_KEYS = ("labeling.min_rankings", "labeling.reservation_minutes")
+# what the demonstrate stage reads of it (people's demonstrations for SFT): no ranking depends on them
+_DEMONSTRATION_KEYS = ("labeling.min_demonstrations", "labeling.demonstration_prompts")
 
 
 def _ignored(config: Config) -> tuple[str, ...]:
     """Each mode's keys matter to it alone: simulated annotators' noise means nothing to people's rankings."""
-    return _SAMPLE_KEYS + (_SIMULATION_KEYS if config.labeling.mode == "human" else _PEOPLE_KEYS)
+    return _SAMPLE_KEYS + _DEMONSTRATION_KEYS + (_SIMULATION_KEYS if config.labeling.mode == "human" else _PEOPLE_KEYS)
 
 
 DECLARATION = StageDeclaration(

@@ -24,7 +24,8 @@ def _summary(metrics: dict[str, float]) -> list[str]:
 DECLARATION = StageDeclaration(
     name="rm",
     entry="stages.rm.stage:rm",
-    inputs=("sft", "label"),
+    # demonstrate: people's demonstrations, where they replace the demonstrator's, normalise the reward
+    inputs=("sft", "label", "demonstrate"),
     config_keys=("world", "model.tokenizer", "data.sft", "data.mixture", "data.rankings", "rm"),
     outputs=("model",),
     headline=("rm/heldout_accuracy",),

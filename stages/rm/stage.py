@@ -3,8 +3,8 @@ App. C.2): all C(K,2) strict pairs of one prompt in one batch element, ties drop
 
 Reads:  DIR/sft/model (or rm.model) to initialise from; data.rankings (a K-way labeling export or
         pairwise records; records with no strict pair are dropped and counted, rm/ties_dropped) or
-        DIR/label/rankings.jsonl; data.sft or the tiny world's demonstrations
-        for the normalisation.
+        DIR/label/rankings.jsonl; the demonstrations SFT trained on (people's, data.sft or the tiny
+        world's demonstrator: stages.data.datasets.demonstrations) for the normalisation.
 Writes: DIR/rm/model (AutoModelForSequenceClassification, num_labels=1, `reward_bias` in config.json;
         with rm.lora also DIR/rm/adapter), DIR/rm/checkpoints, metrics.jsonl, tensorboard/, and the
         held-out diagnostics (rm_eval) in metrics.jsonl and the manifest.
@@ -17,7 +17,7 @@ import json
 from common.config import Config
 from common.files import append_jsonl, atomic_write_json, read_jsonl
 from common.run_dir import RunDir
-from stages.data.datasets import sft_dataset, world_tasks
+from stages.data.datasets import demonstrations, world_tasks
 from stages.data.rankings import (
     RankingGroup,
     load_rankings,
@@ -53,7 +53,7 @@ def rm(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult
     if rankings.ties_dropped:
         print(f"[{STAGE}] {path}: dropped {rankings.ties_dropped} tie records (no strict pair)", flush=True)
     train, heldout = split_by_prompt(rankings.groups, config.rm.heldout_fraction, config.run.seed)
-    demos = sft_dataset(config.data, config.world, tokenizer, config.run.seed)
+    demos = demonstrations(config, run_dir, tokenizer, STAGE)
     demos = demos.select(range(min(config.rm.normalise_on, len(demos))))
     # 3. train on the Ray workers; they save DIR/rm/model with the bias and score the held-out candidates
     spec = RMTrainingSpec(

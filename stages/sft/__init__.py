@@ -46,7 +46,8 @@ def _sft_summary(metrics: dict[str, float]) -> list[str]:
 DECLARATION = StageDeclaration(
     name="sft",
     entry="stages.sft.stage:sft",
-    inputs=("pretrain",),
+    # demonstrate: only where people write the demonstrations (labeling.mode human, min_demonstrations > 0)
+    inputs=("pretrain", "demonstrate"),
     config_keys=CONFIG_KEYS,
     outputs=("model",),
     headline=("heldout_exact_match",),

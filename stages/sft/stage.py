@@ -1,8 +1,9 @@
 """Stage `sft`: supervised fine-tuning on demonstrations (InstructGPT section 3.5, App. C.1, C.3).
 
-Reads:  DIR/pretrain/model, or model.name_or_path (a local pretrained model); data.sft (a local
-        dataset in TRL's formats) or the tiny world's demonstrator; data.pretrain or the tiny
-        world's corpus for the pretraining mix.
+Reads:  DIR/pretrain/model, or model.name_or_path (a local pretrained model); the demonstrations
+        people wrote, DIR/demonstrate/demonstrations.jsonl (labeling.mode human with
+        labeling.min_demonstrations > 0), else data.sft (a local dataset in TRL's formats), data.mixture
+        or the tiny world's demonstrator; data.pretrain or the tiny world's corpus for the pretraining mix.
 Writes: DIR/sft/model (HF format; with model.lora also DIR/sft/adapter; with sft.method bitune or cmlm
         the method's own model, loaded by stages.models.loading.load_policy), DIR/sft/checkpoints,
         metrics.jsonl, tensorboard/, and in the manifest the held-out exact match of the base
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from common.config import Config
 from common.run_dir import RunDir
-from stages.data.datasets import mix_pretraining, pretraining_text, sft_dataset
+from stages.data.datasets import demonstrations, mix_pretraining, pretraining_text
 from stages.models.loading import (
     check_model_dir,
     inference_device,
@@ -42,7 +43,7 @@ def sft(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResul
     tokenizer = load_tokenizer(tokenizer_dir)
     # 2. data: demonstrations as prompt/completion, plus the pretraining mix (a causal LM's regulariser: the
     # other methods train on responses to prompts only)
-    dataset = sft_dataset(config.data, config.world, tokenizer, config.run.seed)
+    dataset = demonstrations(config, run_dir, tokenizer, stage)
     if config.sft.pretrain_mix > 0 and config.sft.method == "causal_lm":
         dataset = mix_pretraining(dataset, pretraining_text(config.data.pretrain, config.world), config.sft.pretrain_mix)
     # 3. train on the Ray workers, 4. save DIR/<stage>/model

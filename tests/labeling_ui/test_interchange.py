@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import InputError
 from labeling_ui.interchange import (
     from_argilla,
     from_label_studio,
@@ -263,7 +264,7 @@ def test_bad_records_are_refused_naming_the_file_and_record(tmp_path, convert, b
 
 def test_bad_files_and_rankings_the_store_refuses(tmp_path, db_url):
     (tmp_path / "broken.json").write_text('{"id": 1}\n{')
-    with pytest.raises(LabelingError, match=r"broken.json line 2: not valid JSON .*; expected a JSON array or JSON Lines"):
+    with pytest.raises(InputError, match=r"broken.json line 2: not valid JSON"):
         read_export(tmp_path / "broken.json")
     with pytest.raises(LabelingError, match=r"list.json record 0: expected a JSON object, got list"):
         read_export(written(tmp_path / "list.json", [[1]]))

@@ -1,0 +1,3 @@
+from stages.registry import run
+
+run("demonstrate")

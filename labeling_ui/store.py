@@ -22,7 +22,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Integer, create_engine, event, func, select, update
+from sqlalchemy import (
+    Integer,
+    create_engine,
+    event,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -118,8 +127,10 @@ class ReviewItem:
 
 
 def of_kind(kind: str):
-    """Assignments of prompts of one kind: the Rank and Write tabs each see their own."""
-    return Assignment.prompt_id.in_(select(Prompt.id).where(Prompt.kind == kind))
+    """Assignments of prompts of one kind: the Rank and Write tabs each see their own. A correlated
+    EXISTS, so that each of the annotator's assignments looks its prompt up by primary key instead of
+    the database listing every prompt of the kind first."""
+    return exists().where(Prompt.id == Assignment.prompt_id, Prompt.kind == kind)
 
 
 def blind_label(position: int) -> str:
@@ -151,7 +162,7 @@ class LabelStore:
         sqlite = url.startswith("sqlite")
         # a server's threads each hold a connection while they work: a pool as large as the app's concurrency
         self.engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}) if sqlite else \
-            create_engine(url, pool_size=32, max_overflow=16, pool_pre_ping=True)
+            create_engine(url, pool_size=32, max_overflow=16)
         # reads take no write lock: under WAL they see the last commit while a writer works
         self.read_engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}) if sqlite else self.engine
         if sqlite:
@@ -366,7 +377,8 @@ class LabelStore:
                         validate_ranking(order, tiers, likert, {}, None, "")
                 except LabelingError as exc:
                     raise LabelingError(f"{where} ({annotator.name} on prompt {prompt.external_id}): {exc}") from None
-                assignment = s.scalar(select(Assignment).where(Assignment.prompt_id == prompt.id, Assignment.annotator_id == annotator.id))
+                assignment = s.scalar(select(Assignment).where(Assignment.prompt_id == prompt.id, Assignment.annotator_id == annotator.id)
+                                      .with_for_update())  # a review of it waits (see _refuse_if_reviewed)
                 if assignment is None:
                     assignment = Assignment(prompt_id=prompt.id, annotator_id=annotator.id, display_order=order,
                                             is_gold=prompt.gold is not None, expires_at=now())
@@ -435,9 +447,11 @@ class LabelStore:
         for the TTL. Expired reservations return to the pool first. None when nothing is left, and for an
         annotator who failed the qualification; one who is pending gets only its gold items."""
         with self.transaction() as s:
-            s.get(Annotator, annotator_id, with_for_update=True)  # one reservation at a time per annotator (two tabs)
+            # one reservation at a time per annotator (two tabs); held here, so that later lookups of the
+            # annotator in this transaction find it in the session instead of querying again
+            annotator = s.get(Annotator, annotator_id, with_for_update=True)
             self._expire(s)
-            if self._qualification(s, s.get(Annotator, annotator_id)).state == "failed":
+            if self._qualification(s, annotator).state == "failed":
                 return None  # until an admin re-admits them (requalify)
             mine = s.scalar(select(Assignment).where(Assignment.annotator_id == annotator_id, Assignment.status == "reserved",
                                                      of_kind("ranking"))
@@ -521,9 +535,9 @@ class LabelStore:
         which a pending one does first (InstructGPT screened its labelers before they wrote
         demonstrations). Apart from next_task: the Write and Rank tabs each hold a reservation of their own."""
         with self.transaction() as s:
-            s.get(Annotator, annotator_id, with_for_update=True)  # one reservation at a time per annotator (two tabs)
+            annotator = s.get(Annotator, annotator_id, with_for_update=True)  # one reservation at a time (two tabs)
             self._expire(s)
-            if self._qualification(s, s.get(Annotator, annotator_id)).state != "passed":
+            if self._qualification(s, annotator).state != "passed":
                 return None
             mine = s.scalar(select(Assignment).where(Assignment.annotator_id == annotator_id, Assignment.status == "reserved",
                                                      of_kind("demonstration"))
@@ -593,8 +607,9 @@ class LabelStore:
             return Submission(tiers=tiers, confidence=confidence, note=note)
 
         def ratings(s: Session, assignment: Assignment, submission: Submission) -> None:
-            s.add_all(Rating(submission_id=submission.id, candidate_id=c, likert=likert[c], flags=sorted(flags.get(c, [])))
-                      for c in assignment.display_order)
+            # one INSERT for all K (executemany): the ratings' ids are never read back
+            s.execute(insert(Rating), [{"submission_id": submission.id, "candidate_id": c, "likert": likert[c],
+                                        "flags": sorted(flags.get(c, []))} for c in assignment.display_order])
             if assignment.is_gold:
                 self._decide_qualification(s, annotator_id)
 
@@ -943,11 +958,12 @@ def _lock_first_open(s: Session, open_prompts, order) -> Prompt | None:
     take another. Under PostgreSQL's read committed a row whose lock was released while the query ran
     is locked anyway, on a snapshot without the assignment just committed for it; so the conditions are
     checked again once the lock is held, by a new statement that sees every earlier commit (SQLite's
-    single writer never gets here with one)."""
+    single writer, whose snapshot is always the last commit, needs no second look)."""
     passed_over: list[str] = []
     while True:
         prompt = s.scalar(open_prompts.where(Prompt.id.not_in(passed_over)).order_by(*order).limit(1).with_for_update(skip_locked=True))
-        if prompt is None or s.scalar(open_prompts.where(Prompt.id == prompt.id).with_only_columns(func.count())):
+        if prompt is None or s.bind.dialect.name == "sqlite" or \
+                s.scalar(open_prompts.where(Prompt.id == prompt.id).with_only_columns(func.count())):
             return prompt
         passed_over.append(prompt.id)
 
@@ -990,9 +1006,9 @@ def _adjudicate(s: Session, reviewed: Submission, reviewer_id: str, tiers: list[
 
 
 def _refuse_if_reviewed(s: Session, assignment: Assignment) -> None:
-    """The lock point of edits (labeling spec 4.5): a reviewer's decision. The assignment's row is
-    locked first, so that an edit and a review of it never interleave (review() locks it too)."""
-    s.refresh(assignment, with_for_update=True)
+    """The lock point of edits (labeling spec 4.5): a reviewer's decision. The caller holds the
+    assignment's row lock (a write's _own takes it, and review() does too), so that an edit and a
+    review of it never interleave."""
     decision = s.scalar(select(Review).where(Review.assignment_id == assignment.id))
     if decision is not None:
         raise LabelingError(f"this submission was reviewed ({decision.action}) and can no longer be edited")

@@ -130,4 +130,6 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=30)
+        if self.process is not None:
+            self.log.close()
         shutil.rmtree(self.data, ignore_errors=True)

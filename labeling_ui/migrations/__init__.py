@@ -5,9 +5,9 @@ A database made before migrations existed (by SQLAlchemy's create_all, the schem
 is stamped 0001 first. Concurrent openers take turns: PostgreSQL under an advisory lock held for the
 migrating transaction, SQLite under its single writer (the store begins every write IMMEDIATE).
 
-A change to the models in labeling_ui/store.py comes with a new revision in versions/ (a test
-compares the migrated schema with the models on both databases):
-    alembic -x url=sqlite:///path/labels.db revision --autogenerate -m "what changed"  (or write it by hand)
+A change to the models in labeling_ui/schema.py comes with a new revision in versions/, in
+Alembic's `op` API (alembic.autogenerate.produce_migrations, run on a database at the previous head,
+drafts it); a test compares the migrated schema with the models on both databases.
 """
 
 from __future__ import annotations

@@ -24,6 +24,17 @@ def tier_index(tiers: Tiers) -> dict[Hashable, int]:
     return {candidate: index for index, tier in enumerate(tiers) for candidate in tier}
 
 
+def tiers_from_ranks(ranks: dict[str, int]) -> Tiers:
+    """Tiers best first from rank numbers (lower is better; equal ranks tie), each tier in the order
+    its candidates come in `ranks`."""
+    return [[c for c, r in ranks.items() if r == rank] for rank in sorted(set(ranks.values()))]
+
+
+def ranks_from_tiers(tiers: Tiers) -> dict[str, int]:
+    """Rank 1 for the best tier, 2 for the next, ...: the candidates of one tier share a rank."""
+    return {candidate: index + 1 for candidate, index in tier_index(tiers).items()}
+
+
 def pair_orders(tiers: Tiers) -> dict[tuple, int]:
     """For each strictly ordered pair (i, j), i < j: +1 if i is preferred, -1 if j is; ties left out."""
     tier_of = tier_index(tiers)

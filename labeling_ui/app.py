@@ -32,6 +32,7 @@ from typing import Any
 
 import gradio as gr
 
+from labeling_ui.agreement import ranks_from_tiers, tiers_from_ranks
 from labeling_ui.export import agreement, export_snapshot
 from labeling_ui.quality import likert_contradictions, store_quality
 from labeling_ui.review import REVIEWER_ROLES, describe, format_tiers, parse_tiers
@@ -102,15 +103,6 @@ def refusals_shown(fn):
         except LabelingError as exc:
             raise gr.Error(str(exc)) from None
     return wrapped
-
-
-def tiers_from_ranks(ranks: dict[str, int]) -> list[list[str]]:
-    """Rank numbers (1 = best; equal numbers are ties) to tiers, best first."""
-    return [[c for c, r in ranks.items() if r == value] for value in sorted(set(ranks.values()))]
-
-
-def ranks_from_tiers(tiers: list[list[str]]) -> dict[str, int]:
-    return {c: position + 1 for position, tier in enumerate(tiers) for c in tier}
 
 
 def request_user(store: LabelStore, request: gr.Request):

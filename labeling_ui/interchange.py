@@ -54,6 +54,7 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from common.files import atomic_write_json, atomic_write_text, numbered_jsonl_records
+from labeling_ui.agreement import ranks_from_tiers, tiers_from_ranks
 from labeling_ui.schema import LabelingError
 from labeling_ui.store import blind_label
 
@@ -82,17 +83,6 @@ def read_export(path: str | Path) -> list[Located]:
 
 
 # ---- shared pieces --------------------------------------------------------------------------------
-
-
-def tiers_from_ranks(ranks: dict[str, int]) -> list[list[str]]:
-    """Tiers best first from rank numbers (lower is better; equal ranks tie), each tier in the order
-    its candidates come in `ranks`."""
-    return [[c for c, r in ranks.items() if r == rank] for rank in sorted(set(ranks.values()))]
-
-
-def ranks_from_tiers(tiers: list[list[str]]) -> dict[str, int]:
-    """Rank 1 for the best tier, 2 for the next, ...: the candidates of one tier share a rank."""
-    return {candidate: number for number, tier in enumerate(tiers, start=1) for candidate in tier}
 
 
 def _kway(prompt_id: str, prompt: str, candidates: list[dict], split: str | None) -> dict[str, Any]:

@@ -32,7 +32,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+)
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from labeling_ui.agreement import pairwise_agreement
@@ -145,11 +150,17 @@ def open_run_store(labeling, run_root, batch: str) -> LabelStore:
     """The store of a run: `labeling` is the config's labeling section (its database URL, or SQLite
     at DIR/labels.db), serving the batch of candidates that the sample stage named `batch`."""
     url = labeling.database or sqlite_url(Path(run_root) / "labels.db")
-    store = LabelStore(url, batch=batch, overlap_fraction=labeling.overlap_fraction, gold_every=labeling.gold_every,
-                       ttl_minutes=labeling.reservation_minutes, guideline_version=labeling.guideline_version,
-                       qualification_items=labeling.qualification_items, qualification_threshold=labeling.qualification_threshold,
-                       gold_window=labeling.gold_window, gold_alert=labeling.gold_alert, too_fast_seconds=labeling.too_fast_seconds,
-                       review_tau=labeling.review_tau, review_gold_below=labeling.review_gold_below)
+    try:
+        store = LabelStore(url, batch=batch, overlap_fraction=labeling.overlap_fraction, gold_every=labeling.gold_every,
+                           ttl_minutes=labeling.reservation_minutes, guideline_version=labeling.guideline_version,
+                           qualification_items=labeling.qualification_items,
+                           qualification_threshold=labeling.qualification_threshold, gold_window=labeling.gold_window,
+                           gold_alert=labeling.gold_alert, too_fast_seconds=labeling.too_fast_seconds,
+                           review_tau=labeling.review_tau, review_gold_below=labeling.review_gold_below)
+    except (ArgumentError, NoSuchModuleError, OperationalError) as exc:
+        # a mistyped URL, a driver that is not installed, a server that does not answer: the key to fix
+        where = "labeling.database" if labeling.database else f"{Path(run_root) / 'labels.db'}"
+        raise LabelingError(f"{where}: cannot open the ranking database {url!r}: {str(exc).splitlines()[0]}") from None
     store.apply_overlap_fraction()  # the config's, even for candidates imported under another
     return store
 

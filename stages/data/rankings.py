@@ -281,3 +281,25 @@ def rankings_path(config: Config, run_dir: RunDir) -> tuple[Path, str | None]:
     if config.data.rankings is not None:
         return Path(config.data.rankings.path), config.data.rankings.split
     return run_dir.stage_dir("label") / "rankings.jsonl", None
+
+
+@dataclass(frozen=True)
+class TrainingRankings:
+    """The rankings a stage trains on, split by prompt, and where they came from."""
+
+    path: Path
+    train: list[RankingGroup]
+    heldout: list[RankingGroup]
+    ties_dropped: int
+
+
+def training_rankings(config: Config, run_dir: RunDir, tokenizer, stage: str) -> TrainingRankings:
+    """What the reward model and DPO read (rankings_path), tie records dropped, counted and logged, split
+    by prompt as rm.heldout_fraction says (so both stages hold out the same prompts)."""
+    path, split = rankings_path(config, run_dir)
+    loaded = load_rankings(str(path), tokenizer, split=split)
+    if loaded.ties_dropped:
+        print(f"[{stage}] {path}: dropped {loaded.ties_dropped} tie records (no strict pair)", flush=True)
+    train, heldout = split_by_prompt(loaded.groups, config.rm.heldout_fraction, config.run.seed)
+    return TrainingRankings(path, train, heldout, loaded.ties_dropped)
+

@@ -21,7 +21,7 @@ from common.config import Config
 from common.errors import InputError
 from common.run_dir import RunDir
 from stages.data.datasets import pretraining_text
-from stages.data.rankings import load_rankings, rankings_path, split_by_prompt
+from stages.data.rankings import training_rankings
 from stages.dpo.training import HELDOUT_FILE, STAGE, DPOTrainingSpec, train_dpo
 from stages.models.loading import (
     check_model_dir,
@@ -40,11 +40,8 @@ def dpo(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResul
     tokenizer_dir = tokenizer_path(config.model, init)
     tokenizer = load_tokenizer(tokenizer_dir)
     # 2. the rankings, on the reward model's side of the split
-    path, split = rankings_path(config, run_dir)
-    rankings = load_rankings(str(path), tokenizer, split=split)
-    if rankings.ties_dropped:
-        print(f"[{STAGE}] {path}: dropped {rankings.ties_dropped} tie records (no strict pair)", flush=True)
-    train, heldout = split_by_prompt(rankings.groups, config.rm.heldout_fraction, config.run.seed)
+    rankings = training_rankings(config, run_dir, tokenizer, STAGE)
+    path, train, heldout = rankings.path, rankings.train, rankings.heldout
     if not train:
         raise InputError(f"{path}: no ranking left to train DPO on after holding out rm.heldout_fraction of the prompts")
     pretraining = pretraining_text(config.data.pretrain, config.world)["text"] if section.ptx_coef > 0 else []

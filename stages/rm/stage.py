@@ -18,12 +18,7 @@ from common.config import Config
 from common.files import append_jsonl, atomic_write_json, read_jsonl
 from common.run_dir import RunDir
 from stages.data.datasets import demonstrations, world_tasks
-from stages.data.rankings import (
-    RankingGroup,
-    load_rankings,
-    rankings_path,
-    split_by_prompt,
-)
+from stages.data.rankings import RankingGroup, training_rankings
 from stages.models.loading import (
     check_model_dir,
     load_tokenizer,
@@ -48,11 +43,8 @@ def rm(config: Config, run_dir: RunDir, resume: bool, stage: str) -> StageResult
     tokenizer = load_tokenizer(tokenizer_dir)
     eos = tokenizer.eos_token
     # 2. comparisons split by prompt, and demonstrations for the normalisation
-    path, split = rankings_path(config, run_dir)
-    rankings = load_rankings(str(path), tokenizer, split=split)
-    if rankings.ties_dropped:
-        print(f"[{STAGE}] {path}: dropped {rankings.ties_dropped} tie records (no strict pair)", flush=True)
-    train, heldout = split_by_prompt(rankings.groups, config.rm.heldout_fraction, config.run.seed)
+    rankings = training_rankings(config, run_dir, tokenizer, STAGE)
+    path, train, heldout = rankings.path, rankings.train, rankings.heldout
     demos = demonstrations(config, run_dir, tokenizer, STAGE)
     demos = demos.select(range(min(config.rm.normalise_on, len(demos))))
     # 3. train on the Ray workers; they save DIR/rm/model with the bias and score the held-out candidates

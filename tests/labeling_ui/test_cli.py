@@ -1,10 +1,14 @@
-"""The `rlhf label` command line against the store's vocabularies it spells out (to keep `rlhf --help`
-from importing SQLAlchemy)."""
+"""What `rlhf label` meets first: the command line (against the store's vocabularies it spells out, to
+keep `rlhf --help` from importing SQLAlchemy) and the run's ranking database."""
 
 import argparse
 
+import pytest
+
+from common.config import load_config
 from labeling_ui.cli import add_commands
-from labeling_ui.schema import ROLES
+from labeling_ui.schema import ROLES, LabelingError
+from labeling_ui.store import open_run_store
 
 
 def test_the_role_choices_are_the_stores_roles():
@@ -17,3 +21,11 @@ def test_the_role_choices_are_the_stores_roles():
     add = users._subparsers._group_actions[0].choices["add"]
     [role] = [action for action in add._actions if action.dest == "role"]
     assert tuple(role.choices) == ROLES
+
+
+def test_a_ranking_database_that_cannot_be_opened_names_the_key(tmp_path, postgres):
+    for url, says in ((postgres.url("no_such_database"), "no_such_database"), ("notadb://x", "notadb"),
+                      ("postgresql+psycopg://postgres@127.0.0.1:1/x", "127.0.0.1")):
+        labeling = load_config(None, [f"labeling.database={url}"]).labeling
+        with pytest.raises(LabelingError, match=f"labeling.database: cannot open the ranking database .*{says}"):
+            open_run_store(labeling, tmp_path, batch="")

@@ -50,8 +50,11 @@ postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 		($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null)
 
+# Two pytest-xdist workers, each taking whole test modules (their module fixtures run once) in file order:
+# the two long end-to-end modules (tests/e2e/test_reruns.py, test_stages.py) start at once, one a worker,
+# and share the ZeRO-3 run one of them trains; the rest goes to whichever worker is free
 test: setup browser postgresql
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 # every stage on this machine's GPU(s): skipped, and reported as skipped, where CUDA is absent
 gpu-check: setup

@@ -12,6 +12,14 @@ from stages.models.loading import train_char_tokenizer
 from tiny_world import TinyWorld
 
 
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # `make test`'s two workers share 2 cores with each other and with the stages they start (one thread
+        # each): torch's default of a thread a core in every worker has OpenMP threads spin against them all
+        # (a retrieval test took 70 s beside the end-to-end runs, 9 s alone)
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def ray_temp_dir():
     """Every Ray this session starts (local clusters, heads, their workers) keeps its files in a fresh

@@ -30,7 +30,7 @@ def ray_head(tmp_path_factory):
     auth.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     auth.delenv("RAY_ADDRESS", raising=False)
     try:
-        with start_ray_head(tmp_path_factory.mktemp("ray"), cpus=2) as (_, job_server):
+        with start_ray_head(cpus=2) as (_, job_server):
             yield job_server
     finally:
         auth.undo()

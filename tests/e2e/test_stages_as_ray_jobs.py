@@ -29,17 +29,18 @@ def ray_head(tmp_path_factory):
     auth.setenv("RAY_AUTH_MODE", "token")
     auth.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     auth.delenv("RAY_ADDRESS", raising=False)
+    reload_ray_auth()  # this process may have read "no token" already, from another module's head
     try:
         with start_ray_head(cpus=2) as (_, job_server):
             yield job_server
     finally:
         auth.undo()
-        forget_ray_auth()
+        reload_ray_auth()  # later tests in this process that start a local Ray would look for this token
 
 
-def forget_ray_auth() -> None:
-    """Ray reads its auth mode and token once per process and keeps them: after this module's token is
-    gone, later tests in this process that start a local Ray would have it look for that token."""
+def reload_ray_auth() -> None:
+    """Ray reads its auth mode and token once per process and keeps them: have it read them again, from the
+    environment as it is now."""
     from ray._raylet import AuthenticationTokenLoader, Config
 
     Config.initialize("")

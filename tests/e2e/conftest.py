@@ -134,7 +134,8 @@ QUICK = [
 def zero3_run(tmp_path_factory, shared_ray):
     """`rlhf run` (pretrain -> sft -> sample -> label -> rm -> ppo, ppo_no_ptx -> eval) with 2 Ray workers under
     ZeRO-3: (run directory, its output). Run once a session: under pytest-xdist the first worker to ask runs it
-    while the other waits on a lock in the directory the workers share (both read it after; none writes it)."""
+    while the other waits on a lock in the directory the workers share; their tests only read it (the resume test
+    reruns nothing in it)."""
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp()

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import stages  # noqa: F401  (first, as in every stage process: transformers then skips scikit-learn)
+
 SUMMARY_ENV = "RLHF_BENCH_SUMMARY"  # set by `python -m bench`: the file that collects the headline figures
 
 

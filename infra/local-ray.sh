@@ -139,7 +139,10 @@ start() {
     # --block keeps it in the foreground of that group and shuts its processes down on SIGTERM.
     # PATH starts with the project's bin: a job's `python` is then the one with torch and the stages.
     # RAY_ADDRESS is dropped so that a value exported for an earlier head cannot redirect this one.
-    env -u RAY_ADDRESS PATH="$venv_bin:$PATH" setsid "$RAY_BIN" start --head --block \
+    # On SIGTERM Ray drains the node for up to 30 s before it stops (for Serve replicas to move to other
+    # nodes); a head alone has nowhere to move them and would always wait out those 30 s, so no drain
+    # unless RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S says otherwise.
+    env -u RAY_ADDRESS PATH="$venv_bin:$PATH" RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}" setsid "$RAY_BIN" start --head --block \
         --port "$GCS_PORT" --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
         --dashboard-agent-listen-port "$AGENT_PORT" \
         --num-cpus "$cpus" --disable-usage-stats >"$LOG_FILE" 2>&1 </dev/null &

@@ -102,6 +102,9 @@ class WorldSection(Section):
     demo_accuracy: float = Field(0.65, ge=0.0, le=1.0, description="How often the demonstrator is right.")
     verbose_rate: float = Field(0.7, ge=0.0, le=1.0, description="How often a demonstration has a verbose prefix.")
     period_rate: float = Field(0.2, ge=0.0, le=1.0, description="How often a demonstration ends with a period.")
+    lazy_error_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="Of the demonstrator's errors, the share that lazily echo the input; the rest are near misses."
+    )
     demonstrations: int = Field(4000, ge=1, description="SFT demonstrations drawn from the demonstrator.")
     corpus_docs: int = Field(12000, ge=1, description="Documents in the pretraining corpus.")
     eval_per_family: int = Field(40, ge=1, description="Held-out evaluation prompts per task family.")

@@ -58,6 +58,7 @@ class TinyWorld:
         demo_accuracy: float = 0.65,
         verbose_rate: float = 0.7,
         period_rate: float = 0.2,
+        lazy_error_share: float = 0.5,
     ):
         unknown = set(heldout_families) - set(FAMILIES)
         if unknown:
@@ -69,6 +70,7 @@ class TinyWorld:
         self.demo_accuracy = demo_accuracy
         self.verbose_rate = verbose_rate
         self.period_rate = period_rate
+        self.lazy_error_share = lazy_error_share
 
     # ---- splits ---------------------------------------------------------------------------
 
@@ -128,13 +130,13 @@ class TinyWorld:
     # ---- demonstrations --------------------------------------------------------------------
 
     def demonstrate(self, task: Task, rng: random.Random) -> str:
-        """An imperfect demonstrator: right `demo_accuracy` of the time (its errors half lazy
-        echoes of the input, half near misses), and mostly in the style the hidden preference
+        """An imperfect demonstrator: right `demo_accuracy` of the time (of its errors, a share
+        `lazy_error_share` lazy echoes of the input, the rest near misses), and mostly in the style the hidden preference
         dislikes (a verbose prefix, rarely a final period), so RLHF has room to improve."""
         family = FAMILIES[task.family]
         if rng.random() < self.demo_accuracy:
             answer = task.answer
-        elif rng.random() < 0.5:
+        elif rng.random() < self.lazy_error_share:
             answer = family.lazy(task)
         else:
             answer = family.near_miss(rng, task)

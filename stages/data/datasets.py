@@ -25,6 +25,7 @@ def make_world(world: WorldSection) -> TinyWorld:
         demo_accuracy=world.demo_accuracy,
         verbose_rate=world.verbose_rate,
         period_rate=world.period_rate,
+        lazy_error_share=world.lazy_error_share,
     )
 
 

@@ -1,3 +1,5 @@
+import pytest
+
 from tiny_world import FAMILIES, TinyWorld, exact_match, extract_answer, true_score
 from tiny_world.tasks import Task
 
@@ -55,6 +57,15 @@ def test_demonstrator_is_imperfect_and_verbose_as_configured():
     assert 0.60 < accuracy < 0.70  # near misses sometimes hit the answer by chance: at most a few points
     assert 0.65 < verbose < 0.75
     assert 0.16 < period < 0.24
+
+
+@pytest.mark.parametrize("lazy_error_share", [0.0, 1.0])
+def test_the_demonstrator_errs_lazily_or_by_a_near_miss_as_configured(lazy_error_share):
+    world = TinyWorld(seed=0, lazy_error_share=lazy_error_share)
+    wrong = [(e.task, extract_answer(r)) for e, r in world.demonstrations(1000) if not exact_match(e.task, r)]
+    lazy = sum(answer == FAMILIES[task.family].lazy(task) for task, answer in wrong) / len(wrong)
+    assert len(wrong) > 250
+    assert lazy == 1.0 if lazy_error_share == 1.0 else lazy < 0.1  # a near miss can equal the echo by chance
 
 
 def test_every_family_templates_render_and_solutions_are_single_words():

@@ -7,7 +7,9 @@ DECLARATION = StageDeclaration(
     name="pretrain",
     entry="stages.pretrain.stage:pretrain",
     inputs=(),
-    config_keys=("model", "world", "data.pretrain", "pretrain"),
+    # of the tiny world, only what its corpus is drawn from: changing the demonstrator or the splits
+    # retrains SFT onwards, not the base model
+    config_keys=("model", "world.seed", "world.corpus_docs", "data.pretrain", "pretrain"),
     outputs=("model",),
     headline=("final_loss",),
     # a real base model (model.name_or_path) skips it

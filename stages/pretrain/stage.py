@@ -1,6 +1,6 @@
 """Stage `pretrain`: the tiny world's base model, trained from scratch on its pretraining corpus.
 
-Reads:  the config (model.init, world, data.pretrain, pretrain).
+Reads:  the config (model.init, world.seed and world.corpus_docs, data.pretrain, pretrain).
 Writes: DIR/pretrain/model (HF format, with the char-level tokenizer trained here),
         DIR/pretrain/checkpoints, metrics.jsonl, tensorboard/.
 Skipped by the pipeline when model.name_or_path names a pretrained base model.

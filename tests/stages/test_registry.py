@@ -27,6 +27,20 @@ def test_fingerprint_changes_with_the_stage_config_and_flows_downstream():
     assert fingerprints(load_config(None, ["deepspeed.precision=bf16"]))["pretrain"] != base["pretrain"]
 
 
+def test_the_base_model_reads_only_the_world_s_corpus_keys():
+    base = fingerprints(load_config(None))
+
+    def changed(*overrides):
+        new = fingerprints(load_config(None, list(overrides)))
+        return [name for name in base if base[name] != new[name]]
+
+    for demonstrator in ("world.demo_accuracy=0.9", "world.lazy_error_share=1.0", "world.demonstrations=100"):
+        assert changed(demonstrator)[0] == "sft", demonstrator
+    assert changed("world.eval_per_family=10")[0] != "pretrain"
+    assert changed("world.corpus_docs=100") == downstream("pretrain", config=load_config(None))
+    assert changed("world.seed=1")[0] == "pretrain"
+
+
 def test_a_pretrained_base_model_skips_pretrain():
     config = load_config(None, ["model.name_or_path=/models/base"])
     assert [s.name for s in enabled_stages(config)] == [s.name for s in enabled_stages(load_config(None)) if s.name != "pretrain"]

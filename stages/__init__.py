@@ -21,6 +21,8 @@ class _SkipSklearnInTransformers(importlib.abc.MetaPathFinder):
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)
+        if spec is None or not hasattr(spec.loader, "exec_module"):
+            return spec  # not a transformers this finder knows: leave it as it is
         load = spec.loader.exec_module
 
         def exec_module(module):

@@ -131,8 +131,9 @@ class TinyWorld:
 
     def demonstrate(self, task: Task, rng: random.Random) -> str:
         """An imperfect demonstrator: right `demo_accuracy` of the time (of its errors, a share
-        `lazy_error_share` lazy echoes of the input, the rest near misses), and mostly in the style the hidden preference
-        dislikes (a verbose prefix, rarely a final period), so RLHF has room to improve."""
+        `lazy_error_share` lazy echoes of the input, the rest near misses), and mostly in the style
+        the hidden preference dislikes (a verbose prefix, rarely a final period), so RLHF has room
+        to improve."""
         family = FAMILIES[task.family]
         if rng.random() < self.demo_accuracy:
             answer = task.answer

@@ -19,7 +19,10 @@ pytestmark = pytest.mark.slow
 
 
 def client(url: str, name: str) -> Client:
-    return Client(url, auth=(name, PASSWORD), verbose=False, analytics_enabled=False, download_files=False)
+    # httpx's default 5-s read timeout once ended a request of one of 20 concurrent annotators while the other
+    # test worker trained on the same 2 cores: these tests check what is stored; bench.label_store times it
+    return Client(url, auth=(name, PASSWORD), verbose=False, analytics_enabled=False, download_files=False,
+                  httpx_kwargs={"timeout": 60})
 
 
 def choose(page, widget: str, value) -> None:

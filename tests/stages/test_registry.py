@@ -34,7 +34,7 @@ def test_the_base_model_reads_only_the_world_s_corpus_keys():
         new = fingerprints(load_config(None, list(overrides)))
         return [name for name in base if base[name] != new[name]]
 
-    for demonstrator in ("world.demo_accuracy=0.9", "world.lazy_error_share=1.0", "world.demonstrations=100"):
+    for demonstrator in ("world.demo_accuracy=0.9", "world.lazy_error_share=0.5", "world.demonstrations=100"):
         assert changed(demonstrator)[0] == "sft", demonstrator
     assert changed("world.eval_per_family=10")[0] != "pretrain"
     assert changed("world.corpus_docs=100") == downstream("pretrain", config=load_config(None))

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from common.config import load_config
 from common.files import read_jsonl
+from stages.data.datasets import make_world
 from stages.models.loading import load_tokenizer
 from stages.models.reward_model import reward_text, score_texts
 from stages.registry import GRAPH
@@ -93,7 +94,8 @@ def test_zero3_reward_model_loads_with_auto_class_and_scores_normalised(zero3_ru
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True).eval()
     tokenizer = load_tokenizer(model_dir)
     assert model.config.num_labels == 1 and model.config.reward_bias == pytest.approx(rm["rm/bias"])
-    demos = [reward_text(e.prompt, r, tokenizer.eos_token) for e, r in TinyWorld().demonstrations(512)]
+    world = make_world(load_config(None, QUICK).world)  # the run's demonstrator, whose answers set the bias
+    demos = [reward_text(e.prompt, r, tokenizer.eos_token) for e, r in world.demonstrations(512)]
     with torch.no_grad():
         logits = torch.cat([model(**tokenizer(demos[i : i + 64], return_tensors="pt", padding=True)).logits[:, 0] for i in range(0, 512, 64)])
     normalised = logits + model.config.reward_bias

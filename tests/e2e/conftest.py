@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from common.config import load_config
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -131,6 +133,7 @@ QUICK = [
     "ppo.checkpoint_every=2",
     "eval.compare_sft_methods=[]",  # their own test trains them
 ]
+QUICK_CONFIG = load_config(None, QUICK)  # what the tests of the shared runs check them against
 
 
 @pytest.fixture(scope="session")

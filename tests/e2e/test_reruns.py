@@ -13,10 +13,9 @@ import time
 import pytest
 import torch
 
-from common.config import load_config
 from common.files import read_jsonl
 
-from .conftest import QUICK, REPO, run_python
+from .conftest import QUICK, QUICK_CONFIG, REPO, run_python
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_ray_cluster")]
 run = run_python
@@ -95,7 +94,7 @@ def test_ppo_on_vllm_engines_under_zero3_syncs_every_update_and_learns_as_hf_doe
     # trainer, and the sampler's log-probs equal the actor's to rounding on CPU fp32
     assert records[1]["time/weight_sync"] > 0 and records[3]["time/weight_sync"] > 0
     assert max(r["ppo/logp_diff"] for r in records) < 1e-3
-    world = load_config(None, QUICK).world
+    world = QUICK_CONFIG.world
     hf = heldout_report(run_dir / "ppo" / "model", world)["heldout_true_score"]
     vllm = heldout_report(out / "ppo" / "model", world)["heldout_true_score"]
     assert abs(hf - vllm) <= 0.1, (hf, vllm)

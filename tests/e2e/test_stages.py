@@ -14,7 +14,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from common.config import load_config
 from common.files import read_jsonl
 from stages.data.datasets import make_world
 from stages.models.loading import load_tokenizer
@@ -24,7 +23,7 @@ from stages.scoring.evaluation import generate
 from tiny_world import TinyWorld
 from tiny_world.tasks import WORDS
 
-from .conftest import QUICK, REPO, run_python
+from .conftest import QUICK, QUICK_CONFIG, REPO, run_python
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_ray_cluster")]
 run = run_python
@@ -63,7 +62,7 @@ def test_resume_of_a_finished_run_reruns_nothing_and_status_shows_it(zero3_run):
     run_dir, _ = zero3_run
     before = (run_dir / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
     again = run(["-m", "pipeline", "run", "--run-dir", str(run_dir), "--resume", "--set", "deepspeed.zero_stage=3", *sum((["--set", s] for s in QUICK), [])])
-    for stage in GRAPH.enabled(load_config(None, QUICK)):
+    for stage in GRAPH.enabled(QUICK_CONFIG):
         assert f"{stage.name}: done with this config, skipped" in again.stdout
     assert (run_dir / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == before
     refused = run(["-m", "pipeline", "run", "--run-dir", str(run_dir)], check=False)
@@ -94,7 +93,7 @@ def test_zero3_reward_model_loads_with_auto_class_and_scores_normalised(zero3_ru
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True).eval()
     tokenizer = load_tokenizer(model_dir)
     assert model.config.num_labels == 1 and model.config.reward_bias == pytest.approx(rm["rm/bias"])
-    world = make_world(load_config(None, QUICK).world)  # the run's demonstrator, whose answers set the bias
+    world = make_world(QUICK_CONFIG.world)  # the run's demonstrator, whose answers set the bias
     demos = [reward_text(e.prompt, r, tokenizer.eos_token) for e, r in world.demonstrations(512)]
     with torch.no_grad():
         logits = torch.cat([model(**tokenizer(demos[i : i + 64], return_tensors="pt", padding=True)).logits[:, 0] for i in range(0, 512, 64)])
@@ -162,7 +161,7 @@ def test_eval_stage_reports_every_policy_with_tables_and_plots(zero3_run):
         assert summary["plots"][name] in report and (run_dir / "eval" / summary["plots"][name]).stat().st_size > 1000
     assert policies["ppo"]["rm_win_rate_low"] <= policies["ppo"]["rm_win_rate_vs_sft"] <= policies["ppo"]["rm_win_rate_high"]
     responses = read_jsonl(run_dir / "eval" / "responses.jsonl")
-    world = load_config(None, QUICK).world
+    world = QUICK_CONFIG.world
     assert len(responses) == len(policies["sft"]["scores"]) + world.eval_per_family * len(world.heldout_families)
     assert set(responses[0]) == {"prompt", "base", "sft", "ppo", "ppo_no_ptx"} and "rm_score" in responses[0]["ppo"]
     assert "PPO-ptx beats SFT on" in stdout and "by the reward model" in stdout

@@ -623,9 +623,12 @@ def build_app(store: LabelStore, exports_dir: str | Path) -> gr.Blocks:
         writing = Writing(store, write)
         shown, answers = [session.state, *rank.shown()], rank.answers()
         app.load(annotation.open_task, None, [*shown, admin.tab, session.signed_in])
-        for widget in answers:
-            widget.input(annotation.autosave, {session.state, *answers}, [rank.submit_button, rank.consistency],
-                         show_progress="hidden")
+        # one listener for every answer widget, always_last: the browser keeps one save in flight and sends one
+        # more with the latest answers after it, so replies come back in order. A listener a widget let two
+        # saves of one annotator run at once on the server, and under load an earlier one's reply (answers
+        # incomplete: Submit disabled) could land after the last one's, or its draft overwrite the newer one.
+        gr.on([widget.input for widget in answers], annotation.autosave, {session.state, *answers},
+              [rank.submit_button, rank.consistency], show_progress="hidden", trigger_mode="always_last")
         rank.submit_button.click(annotation.submit, {session.state, *answers}, shown)
         rank.skip_button.click(annotation.skip, [session.state, rank.skip_reason], shown)
         rank.edit_button.click(annotation.edit, [rank.mine], shown)

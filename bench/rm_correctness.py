@@ -63,10 +63,14 @@ def label_tiers(ranking: dict) -> list[list[int]]:
 
 def encode_responses(tokenizer, prompt: str, responses: list[str], max_length: int) -> dict[str, torch.Tensor]:
     """Right-padded reward texts of one prompt with a mask of the response tokens (EOS included)."""
-    batch = encode(tokenizer, [reward_text(prompt, r, tokenizer.eos_token) for r in responses], max_length)
+    texts = [reward_text(prompt, r, tokenizer.eos_token) for r in responses]
+    batch = encode(tokenizer, texts, max_length)
+    # counted from each row's end: `encode` drops a long text's beginning, never the response
     prompt_length = len(tokenizer(prompt)["input_ids"])
+    response_lengths = torch.tensor([len(ids) - prompt_length for ids in tokenizer(texts)["input_ids"]])
+    lengths = batch["attention_mask"].sum(1)
     positions = torch.arange(batch["input_ids"].shape[1])
-    batch["response_mask"] = batch["attention_mask"].bool() & (positions >= prompt_length)
+    batch["response_mask"] = (positions < lengths[:, None]) & (positions >= (lengths - response_lengths)[:, None])
     return batch
 
 

@@ -8,9 +8,9 @@ how often each of these orders them right (a tie counts half):
   included): the quantity DPO's implicit reward compares, from a model no ranking has trained.
 
 With `--train`, reward models trained here in one process from the SFT policy on the same rankings (a
-tenth of the prompts held out, InstructGPT's K-way loss, the stage's optimiser settings: AdamW, beta2
-0.95, 5% warmup, cosine to a tenth, one epoch, 16 prompts a step), judged on the held-out prompts'
-correctness pairs and style-only pairs against the world's true order:
+tenth of the prompts held out, InstructGPT's K-way loss, the run's `rm` settings: AdamW with its beta2,
+warmup and cosine decay, one epoch, a step of as many prompts as all the stage's workers take), judged
+on the held-out prompts' correctness pairs and style-only pairs against the world's true order:
 - `eos`: the pipeline's reward model, a scalar head read at the EOS token;
 - `eos+loglik`: the same head plus a learnt scale (starting at 1) times the trunk's own LM
   log-likelihood of the response, so the score starts from what the policy already knows.
@@ -124,7 +124,8 @@ def diagnose(source: Path, rankings: list[dict], max_length: int) -> dict[str, f
 def train_and_judge(source: Path, rankings: list[dict], variant: str, seed: int, max_length: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, get_cosine_with_min_lr_schedule_with_warmup
 
-    config = load_config(source / "config.yaml").rm
+    run_config = load_config(source / "config.yaml")
+    config = run_config.rm
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(source / "sft" / "model")
     lm = AutoModelForCausalLM.from_pretrained(source / "sft" / "model", local_files_only=True)
@@ -134,7 +135,7 @@ def train_and_judge(source: Path, rankings: list[dict], variant: str, seed: int,
     heldout = set(prompts[: len(prompts) // 10])
     train = [r for r in rankings if r["prompt"] not in heldout]
     test = list({r["prompt"]: r for r in rankings if r["prompt"] in heldout}.values())  # one ranking a prompt
-    prompts_per_step = 16
+    prompts_per_step = config.batch_size * config.grad_accum * run_config.ray.num_workers  # the stage's step
     steps = -(-len(train) // prompts_per_step)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay)
     schedule = get_cosine_with_min_lr_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps, min_lr_rate=config.min_lr_ratio)

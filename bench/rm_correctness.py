@@ -81,7 +81,7 @@ class LogLikelihoodRewardModel(torch.nn.Module):
     def __init__(self, lm, loglik_scale: float | None):
         super().__init__()
         self.lm = lm
-        self.score = torch.nn.Linear(lm.config.n_embd, 1, bias=False)
+        self.score = torch.nn.Linear(lm.config.hidden_size, 1, bias=False)
         torch.nn.init.normal_(self.score.weight, std=lm.config.initializer_range)
         self.loglik_scale = None if loglik_scale is None else torch.nn.Parameter(torch.tensor(float(loglik_scale)))
 

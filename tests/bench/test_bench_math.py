@@ -56,16 +56,13 @@ def test_ratio_to_one_rank_divides_by_the_same_configs_single_rank():
     assert ratio_to_one_rank(rows) == pytest.approx({("ZeRO-3", 1): 1.0, ("ZeRO-3", 2): 0.52, ("ZeRO-2", 1): 1.0, ("ZeRO-2", 2): 0.75})
 
 
-def test_correctness_pairs_put_the_right_answer_first_and_tiers_follow_the_ranking():
-    from bench.rm_correctness import correctness_pairs, label_tiers
+def test_label_scores_order_the_tiers_and_tie_a_tier():
+    from bench.rm_correctness import label_scores
+    from stages.data.rankings import RankingGroup
 
-    ranking = {"world_task": {"family": "upper", "args": ["plum"], "answer": "PLUM"},
-               "candidates": [{"id": "c1", "text": "PLUM"}, {"id": "c2", "text": "plum"}, {"id": "c3", "text": "The answer is PLUM."},
-                              {"id": "c4", "text": "PLAM"}],
-               "ranking": [["c3"], ["c1", "c4"], ["c2"]]}
-    # right: c1 and c3 (the last word, its period dropped); every right-wrong pair, the right one first
-    assert sorted(correctness_pairs(ranking)) == [(0, 1), (0, 3), (2, 1), (2, 3)]
-    assert label_tiers(ranking) == [[2], [0, 3], [1]]
+    group = RankingGroup("Q: Write plum in capital letters.\nA: ", ("PLUM", "plum", "The answer is PLUM.", "PLAM"),
+                         ((2,), (0, 3), (1,)), "p0")
+    assert label_scores(group) == [-1.0, -2.0, 0.0, -1.0]
 
 
 def test_the_log_likelihood_reward_is_the_head_plus_the_scaled_completion_log_likelihood(tokenizer):

@@ -31,7 +31,7 @@ def make_groups(world: TinyWorld, k: int, n: int) -> list[tuple[list[str], list[
     rng = random.Random(0)
     groups = []
     for example in world.train_examples(n, "bench"):
-        texts = [reward_text(example.prompt, world.demonstrate(example.task, rng), "<eos>") for _ in range(k)]
+        texts = [reward_text(example.prompt, world.demonstrate(example, rng), "<eos>") for _ in range(k)]
         groups.append((texts, [[i] for i in range(k)]))
     return groups
 

@@ -105,6 +105,10 @@ class WorldSection(Section):
     lazy_error_share: float = Field(
         0.5, ge=0.0, le=1.0, description="Of the demonstrator's errors, the share that lazily echo the input; the rest are near misses."
     )
+    lazy_wording_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Asked in a family's last wording, how often the demonstrator echoes the input regardless: "
+        "a habit SFT copies and a ranking catches."
+    )
     demonstrations: int = Field(4000, ge=1, description="SFT demonstrations drawn from the demonstrator.")
     corpus_docs: int = Field(12000, ge=1, description="Documents in the pretraining corpus.")
     eval_per_family: int = Field(40, ge=1, description="Held-out evaluation prompts per task family.")

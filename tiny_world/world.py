@@ -59,6 +59,7 @@ class TinyWorld:
         verbose_rate: float = 0.7,
         period_rate: float = 0.2,
         lazy_error_share: float = 0.5,
+        lazy_wording_rate: float = 0.0,
     ):
         unknown = set(heldout_families) - set(FAMILIES)
         if unknown:
@@ -71,6 +72,7 @@ class TinyWorld:
         self.verbose_rate = verbose_rate
         self.period_rate = period_rate
         self.lazy_error_share = lazy_error_share
+        self.lazy_wording_rate = lazy_wording_rate
 
     # ---- splits ---------------------------------------------------------------------------
 
@@ -129,13 +131,17 @@ class TinyWorld:
 
     # ---- demonstrations --------------------------------------------------------------------
 
-    def demonstrate(self, task: Task, rng: random.Random) -> str:
+    def demonstrate(self, example: Example, rng: random.Random) -> str:
         """An imperfect demonstrator: right `demo_accuracy` of the time (of its errors, a share
         `lazy_error_share` lazy echoes of the input, the rest near misses), and mostly in the style
         the hidden preference dislikes (a verbose prefix, rarely a final period), so RLHF has room
-        to improve."""
-        family = FAMILIES[task.family]
-        if rng.random() < self.demo_accuracy:
+        to improve. Asked in a family's last wording, it first echoes the input `lazy_wording_rate`
+        of the time: a habit SFT copies where it knows better, and that a ranking catches."""
+        task, family = example.task, FAMILIES[example.task.family]
+        lazy_wording = example.template_id == len(family.templates) - 1
+        if self.lazy_wording_rate > 0 and lazy_wording and rng.random() < self.lazy_wording_rate:
+            answer = family.lazy(task)
+        elif rng.random() < self.demo_accuracy:
             answer = task.answer
         elif rng.random() < self.lazy_error_share:
             answer = family.lazy(task)
@@ -147,7 +153,7 @@ class TinyWorld:
 
     def demonstrations(self, n: int) -> list[tuple[Example, str]]:
         rng = self._rng("demonstrator")
-        return [(example, self.demonstrate(example.task, rng)) for example in self.train_examples(n, "sft")]
+        return [(example, self.demonstrate(example, rng)) for example in self.train_examples(n, "sft")]
 
     # ---- pretraining corpus ------------------------------------------------------------------
 

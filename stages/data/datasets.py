@@ -26,6 +26,7 @@ def make_world(world: WorldSection) -> TinyWorld:
         verbose_rate=world.verbose_rate,
         period_rate=world.period_rate,
         lazy_error_share=world.lazy_error_share,
+        lazy_wording_rate=world.lazy_wording_rate,
     )
 
 

@@ -9,7 +9,7 @@ from tiny_world.tasks import Task
 def candidate_sets(n_prompts=600, k=4):
     world = TinyWorld(seed=0)
     rng = random.Random(0)
-    return [(e.task, [world.demonstrate(e.task, rng) for _ in range(k)]) for e in world.train_examples(n_prompts, "rm")]
+    return [(e.task, [world.demonstrate(e, rng) for _ in range(k)]) for e in world.train_examples(n_prompts, "rm")]
 
 
 def test_two_annotators_agree_about_as_often_as_instructgpt_labelers():

@@ -71,8 +71,9 @@ def test_the_demonstrator_errs_lazily_or_by_a_near_miss_as_configured(lazy_error
 def test_the_demonstrator_echoes_in_each_family_s_last_wording_as_configured():
     world = TinyWorld(seed=0, demo_accuracy=1.0, lazy_wording_rate=0.6)
     demos = world.demonstrations(3000)
-    last = [(e, r) for e, r in demos if e.template_id == len(FAMILIES[e.task.family].templates) - 1]
-    others = [(e, r) for e, r in demos if e.template_id != len(FAMILIES[e.task.family].templates) - 1]
+    in_last_wording = [e.template_id == len(FAMILIES[e.task.family].templates) - 1 for e, _ in demos]
+    last = [demo for demo, is_last in zip(demos, in_last_wording) if is_last]
+    others = [demo for demo, is_last in zip(demos, in_last_wording) if not is_last]
     echoes = sum(extract_answer(r) == FAMILIES[e.task.family].lazy(e.task) for e, r in last) / len(last)
     assert 0.55 < echoes < 0.65
     assert all(exact_match(e.task, r) for e, r in others)  # the other wordings keep demo_accuracy

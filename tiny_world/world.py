@@ -139,6 +139,7 @@ class TinyWorld:
         of the time: a habit SFT copies where it knows better, and that a ranking catches."""
         task, family = example.task, FAMILIES[example.task.family]
         lazy_wording = example.template_id == len(family.templates) - 1
+        # at rate 0 no extra number is drawn: the demonstrations stay those of a world without the habit
         if self.lazy_wording_rate > 0 and lazy_wording and rng.random() < self.lazy_wording_rate:
             answer = family.lazy(task)
         elif rng.random() < self.demo_accuracy:

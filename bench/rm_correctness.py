@@ -36,26 +36,18 @@ from stages.core.functional import last_token_index, token_logprobs
 from stages.core.ranking import ranking_loss
 from stages.data.datasets import world_tasks
 from stages.data.rankings import RankingGroup, TrainingRankings, training_rankings
-from stages.models.forward import completion_logprobs
+from stages.dpo.training import encode_completions, logprobs_of
 from stages.models.loading import load_tokenizer
-from stages.models.reward_model import encode, load_reward_model, reward_text, score_texts
+from stages.models.reward_model import load_reward_model, reward_text, score_texts
 from stages.rm.evaluation import world_metrics
 
 VARIANTS = ("eos", "eos+loglik")
 CORRECTNESS, STYLE = "rm/true_order_accuracy/correctness_pairs", "rm/true_order_accuracy/style_pairs"
 
 
-def encode_responses(tokenizer, prompt: str, responses, max_length: int) -> dict[str, torch.Tensor]:
-    """Right-padded reward texts of one prompt with a mask of the response tokens (EOS included)."""
-    texts = [reward_text(prompt, r, tokenizer.eos_token) for r in responses]
-    batch = encode(tokenizer, texts, max_length)
-    # counted from each row's end: `encode` drops a long text's beginning, never the response
-    prompt_length = len(tokenizer(prompt)["input_ids"])
-    response_lengths = torch.tensor([len(ids) - prompt_length for ids in tokenizer(texts)["input_ids"]])
-    lengths = batch["attention_mask"].sum(1)
-    positions = torch.arange(batch["input_ids"].shape[1])
-    batch["response_mask"] = (positions < lengths[:, None]) & (positions >= (lengths - response_lengths)[:, None])
-    return batch
+def encode_group(tokenizer, group: RankingGroup, max_length: int) -> dict[str, torch.Tensor]:
+    """One prompt's candidates as DPO encodes completions: prompt + response + EOS rows and the response's mask."""
+    return encode_completions(tokenizer, [group.prompt] * len(group.responses), list(group.responses), max_length)
 
 
 def label_scores(group: RankingGroup) -> list[float]:
@@ -78,41 +70,37 @@ class LogLikelihoodRewardModel(torch.nn.Module):
         torch.nn.init.normal_(self.score.weight, std=lm.config.initializer_range)
         self.loglik_scale = None if loglik_scale is None else torch.nn.Parameter(torch.tensor(float(loglik_scale)))
 
-    def forward(self, input_ids, attention_mask, response_mask):
+    def forward(self, input_ids, attention_mask, completion_mask):
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         head = self.score(out.hidden_states[-1]).squeeze(-1)
         scores = head.gather(1, last_token_index(attention_mask.bool()).unsqueeze(1)).squeeze(1)
         if self.loglik_scale is not None:
             logprobs = token_logprobs(out.logits[:, :-1].float(), input_ids[:, 1:])
-            scores = scores + self.loglik_scale * torch.where(response_mask[:, 1:], logprobs, 0.0).sum(-1)
+            scores = scores + self.loglik_scale * torch.where(completion_mask[:, 1:], logprobs, 0.0).sum(-1)
         return scores
 
 
-def diagnose(source: Path, rankings: TrainingRankings, config: Config) -> dict[str, float]:
+def diagnose(source: Path, rankings: TrainingRankings, config: Config, tokenizer) -> dict[str, float]:
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(source / "sft" / "model")
     policy = AutoModelForCausalLM.from_pretrained(source / "sft" / "model", local_files_only=True).eval()
     reward_model = load_reward_model(source / "rm" / "model")
     heldout, max_length = rankings.heldout, config.rm.max_length
     scores = {"labels": [label_scores(g) for g in heldout], "reward model": [], "SFT log-likelihood": []}
-    with torch.no_grad():
-        for group in heldout:
-            texts = [reward_text(group.prompt, r, tokenizer.eos_token) for r in group.responses]
-            scores["reward model"].append(score_texts(reward_model, tokenizer, texts, max_length))
-            batch = encode_responses(tokenizer, group.prompt, group.responses, max_length)
-            scores["SFT log-likelihood"].append(completion_logprobs(policy, batch["input_ids"], batch["attention_mask"],
-                                                                    batch["response_mask"]).tolist())
+    for group in heldout:
+        texts = [reward_text(group.prompt, r, tokenizer.eos_token) for r in group.responses]
+        scores["reward model"].append(score_texts(reward_model, tokenizer, texts, max_length))
+        scores["SFT log-likelihood"].append(logprobs_of(policy, tokenizer, [(group.prompt, r) for r in group.responses],
+                                                        max_length, batch_size=len(group.responses)))
     tasks = world_tasks(rankings.path)
     return {name: world_metrics(heldout, judged, tasks)[CORRECTNESS] for name, judged in scores.items()}
 
 
-def train_and_judge(source: Path, rankings: TrainingRankings, config: Config, variant: str, seed: int) -> dict[str, float]:
+def train_and_judge(source: Path, rankings: TrainingRankings, config: Config, tokenizer, variant: str, seed: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, get_cosine_with_min_lr_schedule_with_warmup
 
     section = config.rm
     torch.manual_seed(seed)
-    tokenizer = load_tokenizer(source / "sft" / "model")
     lm = AutoModelForCausalLM.from_pretrained(source / "sft" / "model", local_files_only=True)
     model = LogLikelihoodRewardModel(lm, loglik_scale=1.0 if variant == "eos+loglik" else None)
     train = list(rankings.train)
@@ -125,7 +113,7 @@ def train_and_judge(source: Path, rankings: TrainingRankings, config: Config, va
     model.train()
     for start in range(0, len(train), prompts_per_step):
         groups = train[start : start + prompts_per_step]
-        rewards = [model(**encode_responses(tokenizer, g.prompt, g.responses, section.max_length)) for g in groups]
+        rewards = [model(**encode_group(tokenizer, g, section.max_length)) for g in groups]
         loss = ranking_loss(rewards, [g.tiers for g in groups]).loss
         optimizer.zero_grad()
         loss.backward()
@@ -134,7 +122,7 @@ def train_and_judge(source: Path, rankings: TrainingRankings, config: Config, va
         schedule.step()
     model.eval()
     with torch.no_grad():
-        scores = [model(**encode_responses(tokenizer, g.prompt, g.responses, section.max_length)).tolist() for g in rankings.heldout]
+        scores = [model(**encode_group(tokenizer, g, section.max_length)).tolist() for g in rankings.heldout]
     metrics = world_metrics(rankings.heldout, scores, world_tasks(rankings.path))
     return {"correctness": metrics[CORRECTNESS], "style": metrics[STYLE]}
 
@@ -155,18 +143,19 @@ def main() -> None:
     if config.data.rankings is not None:
         raise SystemExit(f"bench.rm_correctness: {source} trained its reward model on data.rankings "
                          f"({config.data.rankings.path}); correctness is known only for the tiny world's own rankings")
+    tokenizer = load_tokenizer(source / "sft" / "model")
     try:
-        rankings = training_rankings(config, RunDir(source), load_tokenizer(source / "sft" / "model"), "rm_correctness")
+        rankings = training_rankings(config, RunDir(source), tokenizer, "rm_correctness")
     except InputError as error:
         raise SystemExit(f"bench.rm_correctness: {error}") from None
     if not rankings.heldout:
         raise SystemExit(f"bench.rm_correctness: {source}'s reward model held out no prompt (rm.heldout_fraction is 0)")
-    for name, value in diagnose(source, rankings, config).items():
+    for name, value in diagnose(source, rankings, config, tokenizer).items():
         print(f"held-out correctness pairs ordered right by the {name}: {value:.3f}")
         record("rm_correctness", f"correctness pairs: {name}", value, "accuracy", ">= 0.85" if name == "reward model" else "")
     if args.train:
         for variant in VARIANTS:
-            accuracy = train_and_judge(source, rankings, config, variant, args.seed)
+            accuracy = train_and_judge(source, rankings, config, tokenizer, variant, args.seed)
             print(f"trained here, {variant}: held-out correctness pairs {accuracy['correctness']:.3f}, style-only pairs {accuracy['style']:.3f}")
             for kind, value in accuracy.items():
                 record("rm_correctness", f"{variant}: held-out {kind} pairs", value, "accuracy")

@@ -69,16 +69,18 @@ def test_the_log_likelihood_reward_is_the_head_plus_the_scaled_completion_log_li
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from bench.rm_correctness import LogLikelihoodRewardModel, encode_responses
+    from bench.rm_correctness import LogLikelihoodRewardModel, encode_group
+    from stages.data.rankings import RankingGroup
     from stages.models.forward import completion_logprobs
 
     torch.manual_seed(0)
     lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_embd=32, n_head=2, n_positions=64)).eval()
-    batch = encode_responses(tokenizer, "Q: Write plum in capital letters.\nA: ", ["PLUM", "The answer is PLUM."], 64)
+    group = RankingGroup("Q: Write plum in capital letters.\nA: ", ("PLUM", "The answer is PLUM."), ((0,), (1,)), "p0")
+    batch = encode_group(tokenizer, group, 64)
     plain, with_loglik = LogLikelihoodRewardModel(lm, None), LogLikelihoodRewardModel(lm, 0.5)
     with_loglik.score.load_state_dict(plain.score.state_dict())
     with torch.no_grad():
         head, combined = plain(**batch), with_loglik(**batch)
-        loglik = completion_logprobs(lm, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        loglik = completion_logprobs(lm, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
     assert torch.allclose(combined, head + 0.5 * loglik, atol=1e-5)
-    assert bool((batch["response_mask"].sum(1) == torch.tensor([5, 20])).all())  # the response's tokens and its EOS
+    assert bool((batch["completion_mask"].sum(1) == torch.tensor([5, 20])).all())  # the response's tokens and its EOS

@@ -24,15 +24,19 @@ INSTRUCTGPT_AGREEMENT = 0.726
 class SimulatedAnnotator:
     def __init__(self, annotator_id: str, seed: int = 0, noise: float = DEFAULT_NOISE):
         self.annotator_id = annotator_id
+        self.seed = seed
         self.noise = noise
-        self._rng = random.Random(f"{seed}:{annotator_id}")
+
+    def misjudgement(self, task: Task, text: str) -> float:
+        """This annotator's error on this response to this task: a standard normal of its own, drawn from
+        (seed, annotator, task, response) rather than from one stream, so that a ranking does not depend
+        on the order the store shows the candidates and the tasks in (which follows the store's batch,
+        and so every config key upstream): the same candidates get the same rankings."""
+        return random.Random(f"{self.seed}:{self.annotator_id}:{task.key}:{text}").gauss(0.0, 1.0)
 
     def rank(self, task: Task, candidates: list[str]) -> list[list[int]]:
         """Tiers of candidate indices, best first; identical responses share a tier."""
-        perceived: dict[str, float] = {}
-        for text in candidates:
-            if text not in perceived:
-                perceived[text] = true_score(task, text) + self._rng.gauss(0.0, self.noise)
+        perceived = {text: true_score(task, text) + self.noise * self.misjudgement(task, text) for text in dict.fromkeys(candidates)}
         order = sorted(perceived, key=perceived.__getitem__, reverse=True)
         return [[i for i, text in enumerate(candidates) if text == best] for best in order]
 

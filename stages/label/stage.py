@@ -5,7 +5,9 @@ store API as the app, with their noise calibrated on these candidates to Instruc
 agreement (72.6%) unless labeling.annotator_noise is given; overlap prompts get two rankings, which
 the agreement figures are measured on. Their rankings belong to this labeling config: they go into a
 batch of the store named by the stage's fingerprint, so a changed config ranks anew (the earlier
-rankings stay in the database, untouched) and the same config always gives the same rankings.
+rankings stay in the database, untouched) and the same config always gives the same rankings. An
+annotator's noise is drawn per response, not in the order the batch shows them: candidates that a
+change upstream left as they were (a new config key, say) get the same rankings too.
 labeling.mode human: people rank in `rlhf label serve`. Until labeling.min_rankings are in, the stage
 leaves the run awaiting_labels (its progress in `rlhf status`); `rlhf run --resume` goes on from here.
 People's rankings are never thrown away: simulated mode refuses to run over them.

@@ -35,6 +35,24 @@ def test_annotators_are_deterministic_by_seed():
     assert SimulatedAnnotator("a", seed=1).rank(task, candidates) == SimulatedAnnotator("a", seed=1).rank(task, candidates)
 
 
+def test_a_ranking_does_not_depend_on_the_order_candidates_and_tasks_are_shown_in():
+    """The store shows candidates in an order drawn from its batch name, which every config key upstream of
+    the label stage changes: the same candidates must still get the same rankings."""
+    sets = candidate_sets(50, 4)
+    shuffled = random.Random(1)
+
+    def ranked_texts(annotator, task, candidates):
+        return [sorted({candidates[i] for i in tier}) for tier in annotator.rank(task, candidates)]
+
+    straight = [ranked_texts(SimulatedAnnotator("a"), t, c) for t, c in sets]
+    annotator = SimulatedAnnotator("a")  # one annotator, tasks in reverse order, candidates reshuffled
+    reordered = [ranked_texts(annotator, t, shuffled.sample(c, len(c))) for t, c in reversed(sets)][::-1]
+    assert reordered == straight
+    assert any(len(tiers) > 1 for tiers in straight)
+    other = [ranked_texts(SimulatedAnnotator("b"), t, c) for t, c in sets]
+    assert other != straight  # another annotator misjudges other responses
+
+
 def test_pairwise_agreement_by_hand():
     # a: 0 > 1 > 2; b: 1 > 0 = 2  -> shared ordered pairs (0,1) disagree, (1,2) agree; (0,2) tied in b
     assert pairwise_agreement(zip([[[0], [1], [2]]], [[[1], [0, 2]]], strict=True)) == 0.5

@@ -7,6 +7,7 @@ loaded), so `rlhf report DIR` rebuilds it at any time and `rlhf run` ends with i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from common.config import COMPARED_METHODS, method_stage
 from common.errors import InputError
 from common.files import atomic_write_json, atomic_write_text, read_jsonl
 from common.run_dir import RunDir
+from stages.scoring.metrics import Overoptimisation, overoptimisation_onset
 
 FIGURE_SIZE = (8.0, 3.0)  # inches, at 100 dpi
 DPI = 100
@@ -53,7 +55,8 @@ def _stage_rows(stages: dict[str, dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, calibration: list, methods: list[dict]) -> dict[str, str]:
+def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, calibration: list, methods: list[dict],
+           onset: Overoptimisation | None) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,6 +86,8 @@ def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, cali
         figure, axis = plt.subplots(figsize=FIGURE_SIZE)
         axis.plot([r["step"] for r in scored], [r["ppo/score"] for r in scored], marker=".", label="reward-model score")
         axis.plot([r["step"] for r in scored], [r["ppo/true_score"] for r in scored], marker=".", label="true score")
+        if onset is not None and onset.began:
+            axis.axvline(onset.peak_step, linestyle=":", color="grey", label=f"true score peaks (mean of {onset.window} iterations)")
         axis.set_xlabel("PPO iteration", fontsize=8)
         axis.legend(fontsize=8)
         save(figure, "rm_vs_true_score")
@@ -134,6 +139,30 @@ def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, cali
     return plots
 
 
+def _onset(run: RunDir) -> Overoptimisation | None:
+    """Where over-optimisation begins in PPO's curves: the true score of its samples (tiny world) against
+    their reward-model score; None without a true score or with too few iterations."""
+    scored = [r for r in read_jsonl(run.metrics_path("ppo")) if "ppo/true_score" in r and "ppo/score" in r]
+    return overoptimisation_onset([r["step"] for r in scored], [r["ppo/score"] for r in scored],
+                                  [r["ppo/true_score"] for r in scored])
+
+
+def _onset_text(onset: Overoptimisation) -> str:
+    curve = f"The true score of PPO's samples (means of {onset.window} iterations)"
+    if onset.true_at_end == onset.true_at_peak:
+        return (f"{curve} was highest over the last {onset.window} iterations ({onset.true_at_end:.3f}; their reward-model "
+                f"score {onset.proxy_at_end:.3f}): no over-optimisation within these iterations.\n")
+    where = f"{curve} peaked at iteration {onset.peak_step} ({onset.true_at_peak:.3f}) and ended at {onset.true_at_end:.3f}"
+    proxy = f"their reward-model score {onset.proxy_at_peak:.3f} there and {onset.proxy_at_end:.3f} at the end"
+    if onset.began:
+        return (f"{where}, more than its noise ({onset.margin:.3f}) below the peak, while {proxy}: over-optimisation "
+                f"begins at iteration {onset.peak_step}, where PPO starts to game the reward model.\n")
+    if not onset.true_fell:
+        return (f"{where}, within its noise ({onset.margin:.3f}) of the peak; {proxy}: no over-optimisation shown within "
+                "these iterations.\n")
+    return f"{where}, and {proxy}: a worse policy by both judges, not a gamed reward model.\n"
+
+
 def _read_json(path: Path, default):
     return json.loads(path.read_text()) if path.exists() else default
 
@@ -168,9 +197,11 @@ def build_report(run_dir: str | Path) -> Path:
     evaluated = {name: evaluated[name] for name in sorted(evaluated, key=lambda n: order.index(n) if n in order else len(order))}
     calibration = _read_json(run.stage_dir("rm") / "calibration.json", [])
     methods = _method_rows(evaluated, stage_rows)
-    plots = _plots(run, out, stage_rows, evaluated, calibration, methods)
+    onset = _onset(run)
+    plots = _plots(run, out, stage_rows, evaluated, calibration, methods, onset)
     summary = {"stages": stage_rows, "sft": stages.get("sft", {}).get("metrics", {}), "reward_model": rm, "methods": methods,
                "ppo": stages.get("ppo", {}).get("metrics", {}),
+               "overoptimisation": onset and {**dataclasses.asdict(onset), "began": onset.began},
                "evaluation": {n: {k: v for k, v in p.items() if k != "scores"} for n, p in evaluated.items()},
                "rm_calibration": calibration, "plots": plots}
     atomic_write_json(out / "summary.json", summary)
@@ -200,6 +231,8 @@ def build_report(run_dir: str | Path) -> Path:
         parts.append(f"![PPO: score, KL and beta per iteration]({plots['ppo_curves']})\n")
     if "rm_vs_true_score" in plots:
         parts.append(f"![reward-model score against true score over PPO iterations]({plots['rm_vs_true_score']})\n")
+    if onset is not None:
+        parts.append(_onset_text(onset))
     if "rm_calibration" in plots:
         parts.append(f"![reward-model calibration on held-out pairs]({plots['rm_calibration']})\n")
     report = out / "report.md"

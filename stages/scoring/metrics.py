@@ -1,10 +1,12 @@
 """Evaluation metrics as small pure functions: Natural-Instructions exact match and ROUGE-L, a paired
-win rate with its confidence interval, and reward-model calibration bins."""
+win rate with its confidence interval, reward-model calibration bins, and where reward over-optimisation
+begins in a run's PPO curves."""
 
 from __future__ import annotations
 
 import math
 import re
+import statistics
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,3 +68,56 @@ def calibration_bins(predicted: Sequence[float], observed: Sequence[float], bins
         total[1] += o
         total[2] += 1
     return [(p / n, o / n, n) for p, o, n in totals if n]
+
+
+@dataclass(frozen=True)
+class Overoptimisation:
+    """The true score's peak over PPO iterations, against the reward-model score (each a running mean)."""
+
+    window: int  # iterations in each mean
+    peak_step: int  # the middle iteration of the window whose true-score mean is highest
+    true_at_peak: float
+    true_at_end: float
+    proxy_at_peak: float  # the reward-model score's mean there
+    proxy_at_end: float
+    margin: float  # how far below its peak the true score's last mean must end to count as a fall, not noise
+
+    @property
+    def true_fell(self) -> bool:
+        return self.true_at_peak - self.true_at_end > self.margin
+
+    @property
+    def began(self) -> bool:
+        """The true score fell from its peak by more than its noise while the reward-model score went on
+        rising: the policy games the reward model from peak_step on (Gao et al. 2022: the gold reward
+        peaks and falls while the proxy climbs)."""
+        return self.true_fell and self.proxy_at_end > self.proxy_at_peak
+
+
+def running_means(values: Sequence[float], window: int) -> list[float]:
+    """Mean of each full window of `window` consecutive values, the first starting at values[0]."""
+    return [sum(values[i:i + window]) / window for i in range(len(values) - window + 1)]
+
+
+def overoptimisation_onset(steps: Sequence[int], proxy: Sequence[float], true: Sequence[float],
+                           window: int = 5) -> Overoptimisation | None:
+    """Where the true score of PPO's samples peaks against the reward-model (proxy) score of the same
+    samples, both smoothed by a running mean of `window` iterations (one iteration's 64 episodes are
+    noisy), the peak placed at its window's middle iteration (an odd window centres it); None with fewer
+    than `window` + 1 iterations. Only full windows count, so a lucky first iteration cannot be the peak.
+    The end is the last full window's mean. The margin is two standard errors of the difference of two means of
+    `window` iterations, with an iteration's noise taken from the true score's successive differences
+    (sd / sqrt 2: a slow trend barely moves them)."""
+    if not len(steps) == len(proxy) == len(true):
+        raise ValueError(f"steps, proxy and true scores differ in length: {len(steps)}, {len(proxy)}, {len(true)}")
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    if len(steps) <= window:
+        return None
+    true_means, proxy_means = running_means(true, window), running_means(proxy, window)
+    peak = max(range(len(true_means)), key=true_means.__getitem__)  # the first, on a tie
+    differences = [b - a for a, b in zip(true, true[1:])]
+    noise = statistics.stdev(differences) / math.sqrt(2) if len(differences) > 1 else 0.0
+    margin = 2 * noise * math.sqrt(2 / window)
+    return Overoptimisation(window, steps[peak + (window - 1) // 2], true_means[peak], true_means[-1], proxy_means[peak],
+                            proxy_means[-1], margin)

@@ -75,6 +75,32 @@ def test_report_compares_the_methods_trained_from_the_same_sft_policy(finished_r
     assert f"({png.name})" in text and matplotlib.image.imread(png)[..., :3].std() > 0.01
 
 
+def test_report_says_where_over_optimisation_begins(finished_run):
+    """PPO's samples scored by both judges: the reward model's score climbs throughout, the true score
+    climbs to iteration 6 and falls well past its noise; the report names the iteration."""
+    finished_run.metrics_path("ppo").unlink()
+    true = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
+    for step, score in enumerate(true, start=1):
+        append_jsonl(finished_run.metrics_path("ppo"), {"step": step, "ppo/score": 0.1 * step, "ppo/true_score": score,
+                                                        "ppo/kl": 0.1, "ppo/beta": 0.1})
+    text = build_report(finished_run.root).read_text()
+    summary = json.loads((finished_run.root / "eval" / "summary.json").read_text())
+    # means of 5: 0.4 (iterations 1-5), 0.5, 0.56, 0.58 (4-8, around 6), 0.56, 0.5, 0.4, 0.3 (8-12)
+    assert summary["overoptimisation"]["peak_step"] == 6 and summary["overoptimisation"]["began"] is True
+    assert "over-optimisation begins at iteration 6, where PPO starts to game the reward model" in text
+    assert "peaked at iteration 6 (0.580) and ended at 0.300" in text
+    png = finished_run.root / "eval" / summary["plots"]["rm_vs_true_score"]
+    assert f"({png.name})" in text
+
+    finished_run.metrics_path("ppo").unlink()  # the true score still climbing with the reward model's
+    for step in range(1, 13):
+        append_jsonl(finished_run.metrics_path("ppo"), {"step": step, "ppo/score": 0.1 * step, "ppo/true_score": 0.05 * step,
+                                                        "ppo/kl": 0.1, "ppo/beta": 0.1})
+    text = build_report(finished_run.root).read_text()
+    assert "was highest over the last 5 iterations (0.500" in text and "no over-optimisation within these iterations" in text
+    assert json.loads((finished_run.root / "eval" / "summary.json").read_text())["overoptimisation"]["began"] is False
+
+
 def test_report_of_a_partial_run_leaves_out_what_it_lacks(tmp_path):
     run = RunDir(tmp_path / "run")
     run.update_stage("sft", status="running")

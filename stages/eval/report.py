@@ -139,7 +139,7 @@ def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, cali
     return plots
 
 
-def _onset(run: RunDir) -> Overoptimisation | None:
+def ppo_overoptimisation(run: RunDir) -> Overoptimisation | None:
     """Where over-optimisation begins in PPO's curves: the true score of its samples (tiny world) against
     their reward-model score; None without a true score or with too few iterations."""
     scored = [r for r in read_jsonl(run.metrics_path("ppo")) if "ppo/true_score" in r and "ppo/score" in r]
@@ -197,7 +197,7 @@ def build_report(run_dir: str | Path) -> Path:
     evaluated = {name: evaluated[name] for name in sorted(evaluated, key=lambda n: order.index(n) if n in order else len(order))}
     calibration = _read_json(run.stage_dir("rm") / "calibration.json", [])
     methods = _method_rows(evaluated, stage_rows)
-    onset = _onset(run)
+    onset = ppo_overoptimisation(run)
     plots = _plots(run, out, stage_rows, evaluated, calibration, methods, onset)
     summary = {"stages": stage_rows, "sft": stages.get("sft", {}).get("metrics", {}), "reward_model": rm, "methods": methods,
                "ppo": stages.get("ppo", {}).get("metrics", {}),

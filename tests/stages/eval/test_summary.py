@@ -3,6 +3,7 @@
 import pytest
 
 from stages.eval.stage import summarise
+from stages.registry import GRAPH
 
 
 def world_result(true_score, rm_score, heldout):
@@ -52,3 +53,14 @@ def test_a_policy_without_a_likelihood_has_no_kl_and_no_sampled_score():
     summary = summarise(greedy_only, world_result([1.0, 0.5, 1.5, 1.0], [0.0] * 4, heldout))
     assert summary["kl_to_sft"] is None and "sampled_true_score" not in summary and summary["lm_loss"] is None
     assert summary["true_score"] == pytest.approx(2 / 3) and summary["win_rate_vs_sft"] == pytest.approx(0.5)
+
+
+def test_the_run_s_summary_says_where_over_optimisation_begins_or_that_none_shows():
+    summary = GRAPH["eval"].summary
+    began = summary({"ppo/overoptimisation_peak_step": 21.0, "ppo/overoptimisation_began": 1.0})
+    assert began == ["over-optimisation begins at PPO iteration 21: the true score of its samples falls from there while "
+                     "the reward model's climbs"]
+    none = summary({"ppo/overoptimisation_peak_step": 28.0, "ppo/overoptimisation_began": 0.0})
+    assert none == ["over-optimisation: none shown in PPO's iterations (the true score of its samples highest around "
+                    "iteration 28, the report says how far it fell)"]
+    assert summary({}) == []  # too few iterations to tell

@@ -44,7 +44,7 @@ def _summary(metrics: dict[str, float]) -> list[str]:
         lines.append(f"over-optimisation begins at PPO iteration {peak}: the true score of its samples falls from there while "
                      "the reward model's climbs" if metrics["ppo/overoptimisation_began"] else
                      f"over-optimisation: none shown in PPO's iterations (the true score of its samples highest around "
-                     f"iteration {peak}, the report says how far it fell)")
+                     f"iteration {peak}; the report has the figures)")
     compared = [name for name in ("ppo", *map(method_stage, COMPARED_METHODS)) if f"{name}/win_rate_vs_sft" in metrics]
     if len(compared) > 1:
         lines.append("methods from the same SFT policy, held-out true score (win rate against SFT): " + ", ".join(

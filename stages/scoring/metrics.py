@@ -104,10 +104,10 @@ def overoptimisation_onset(steps: Sequence[int], proxy: Sequence[float], true: S
     """Where the true score of PPO's samples peaks against the reward-model (proxy) score of the same
     samples, both smoothed by a running mean of `window` iterations (one iteration's 64 episodes are
     noisy), the peak placed at its window's middle iteration (an odd window centres it); None with fewer
-    than `window` + 1 iterations. Only full windows count, so a lucky first iteration cannot be the peak.
-    The end is the last full window's mean. The margin is two standard errors of the difference of two means of
-    `window` iterations, with an iteration's noise taken from the true score's successive differences
-    (sd / sqrt 2: a slow trend barely moves them)."""
+    than `window` + 1 iterations. Only full windows count, so a lucky first iteration cannot be the
+    peak; the end is the last full window's mean. The margin is two standard errors of the difference
+    of two means of `window` iterations, an iteration's noise taken from the true score's successive
+    differences (their sd / sqrt 2: a slow trend barely moves them)."""
     if not len(steps) == len(proxy) == len(true):
         raise ValueError(f"steps, proxy and true scores differ in length: {len(steps)}, {len(proxy)}, {len(true)}")
     if window < 1:

@@ -62,5 +62,5 @@ def test_the_run_s_summary_says_where_over_optimisation_begins_or_that_none_show
                      "the reward model's climbs"]
     none = summary({"ppo/overoptimisation_peak_step": 28.0, "ppo/overoptimisation_began": 0.0})
     assert none == ["over-optimisation: none shown in PPO's iterations (the true score of its samples highest around "
-                    "iteration 28, the report says how far it fell)"]
+                    "iteration 28; the report has the figures)"]
     assert summary({}) == []  # too few iterations to tell

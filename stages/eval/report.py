@@ -55,7 +55,7 @@ def _stage_rows(stages: dict[str, dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, calibration: list, methods: list[dict],
+def _plots(out: Path, stage_rows: list[dict], evaluated: dict, calibration: list, methods: list[dict], ppo_records: list[dict],
            onset: Overoptimisation | None) -> dict[str, str]:
     import matplotlib
 
@@ -72,16 +72,15 @@ def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, cali
         plt.close(figure)
         plots[name] = f"{name}.png"
 
-    records = [r for r in read_jsonl(run.metrics_path("ppo")) if "ppo/score" in r]
-    if records:
-        steps = [r["step"] for r in records]
+    if ppo_records:
+        steps = [r["step"] for r in ppo_records]
         figure, axes = plt.subplots(1, 3, figsize=FIGURE_SIZE)
         for axis, (key, title) in zip(axes, (("ppo/score", "reward-model score"), ("ppo/kl", "KL to SFT (nats)"), ("ppo/beta", "beta"))):
-            axis.plot(steps, [r[key] for r in records], marker=".")
+            axis.plot(steps, [r[key] for r in ppo_records], marker=".")
             axis.set_title(title, fontsize=9)
             axis.set_xlabel("PPO iteration", fontsize=8)
         save(figure, "ppo_curves")
-    scored = [r for r in records if "ppo/true_score" in r]
+    scored = _true_scored(ppo_records)
     if scored:  # the over-optimisation curve: where the two part, the policy games the reward model
         figure, axis = plt.subplots(figsize=FIGURE_SIZE)
         axis.plot([r["step"] for r in scored], [r["ppo/score"] for r in scored], marker=".", label="reward-model score")
@@ -139,10 +138,15 @@ def _plots(run: RunDir, out: Path, stage_rows: list[dict], evaluated: dict, cali
     return plots
 
 
-def ppo_overoptimisation(run: RunDir) -> Overoptimisation | None:
-    """Where over-optimisation begins in PPO's curves: the true score of its samples (tiny world) against
-    their reward-model score; None without a true score or with too few iterations."""
-    scored = [r for r in read_jsonl(run.metrics_path("ppo")) if "ppo/true_score" in r and "ppo/score" in r]
+def _true_scored(ppo_records: list[dict]) -> list[dict]:
+    """PPO's iterations whose samples the tiny world's true score judged too."""
+    return [r for r in ppo_records if "ppo/true_score" in r]
+
+
+def _overoptimisation(ppo_records: list[dict]) -> Overoptimisation | None:
+    """Where over-optimisation begins in PPO's curves: the true score of its samples against their
+    reward-model score; None without a true score or with too few iterations."""
+    scored = _true_scored(ppo_records)
     return overoptimisation_onset([r["step"] for r in scored], [r["ppo/score"] for r in scored],
                                   [r["ppo/true_score"] for r in scored])
 
@@ -197,8 +201,9 @@ def build_report(run_dir: str | Path) -> Path:
     evaluated = {name: evaluated[name] for name in sorted(evaluated, key=lambda n: order.index(n) if n in order else len(order))}
     calibration = _read_json(run.stage_dir("rm") / "calibration.json", [])
     methods = _method_rows(evaluated, stage_rows)
-    onset = ppo_overoptimisation(run)
-    plots = _plots(run, out, stage_rows, evaluated, calibration, methods, onset)
+    ppo_records = [r for r in read_jsonl(run.metrics_path("ppo")) if "ppo/score" in r]  # an iteration's record
+    onset = _overoptimisation(ppo_records)
+    plots = _plots(out, stage_rows, evaluated, calibration, methods, ppo_records, onset)
     summary = {"stages": stage_rows, "sft": stages.get("sft", {}).get("metrics", {}), "reward_model": rm, "methods": methods,
                "ppo": stages.get("ppo", {}).get("metrics", {}),
                "overoptimisation": onset and {**dataclasses.asdict(onset), "began": onset.began},

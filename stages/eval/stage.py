@@ -21,6 +21,7 @@ Writes: DIR/eval/policies.json (per policy: the figures, per family, and the per
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 from common.config import Config, method_stage
@@ -28,7 +29,7 @@ from common.files import atomic_write_json, atomic_write_jsonl
 from common.run_dir import RunDir
 from stages.data.datasets import make_world
 from stages.data.files import prompts_from_file, text_dataset_from_file
-from stages.eval.report import build_report, ppo_overoptimisation
+from stages.eval.report import build_report
 from stages.models.loading import (
     attention_implementation,
     check_model_dir,
@@ -198,9 +199,9 @@ def evaluate(config: Config, run_dir: RunDir, resume: bool, stage: str) -> Stage
     ])
     report = build_report(run_dir.root)
     metrics = {f"{name}/{k}": v for name, p in policies.items() for k, v in p.items() if isinstance(v, float)}
-    onset = ppo_overoptimisation(run_dir)
+    onset = json.loads((out_dir / "summary.json").read_text())["overoptimisation"]  # the report's, as it found it
     if onset is not None:  # the report says why; the run's summary says where
-        metrics.update({"ppo/overoptimisation_peak_step": float(onset.peak_step), "ppo/overoptimisation_began": float(onset.began)})
+        metrics.update({"ppo/overoptimisation_peak_step": float(onset["peak_step"]), "ppo/overoptimisation_began": float(onset["began"])})
     outputs = {"report": str(report.relative_to(run_dir.root)), "policies": f"{STAGE}/policies.json",
                "responses": f"{STAGE}/responses.jsonl"}
     return StageResult(outputs=outputs, metrics=metrics)
